@@ -1,0 +1,66 @@
+"""transparent_de: transparent durable execution for plain Python classes.
+
+Mark a class with ``__flow__ = True``, call :func:`install` for its package before importing
+it, and every step call in its flow code is journaled to SQLite: after a crash the flow
+resumes, replaying completed steps from the journal instead of running them again.
+
+    import transparent_de
+    transparent_de.install("shop")
+    from shop.flows import OrderFlow
+
+    OrderFlow().run(42)                                        # durable, fresh flow id
+    transparent_de.run(OrderFlow().run, 42, flow_id="order-42")  # resume / memoized by id
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._api import (
+    cancel,
+    configure,
+    default_engine,
+    recover,
+    run,
+    signal,
+    start,
+    wait_for,
+    worker,
+)
+from ._engine import Engine, FlowHandle, FlowInfo, StepInfo
+from ._hook import InstallHandle, install, install_this_package, rewrite_class
+from .errors import (
+    FlowBusyError,
+    FlowNotRewrittenError,
+    NonDeterminismError,
+    SerializationError,
+    TransparentDEError,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Engine",
+    "FlowBusyError",
+    "FlowHandle",
+    "FlowInfo",
+    "FlowNotRewrittenError",
+    "InstallHandle",
+    "NonDeterminismError",
+    "SerializationError",
+    "StepInfo",
+    "TransparentDEError",
+    "__version__",
+    "cancel",
+    "configure",
+    "default_engine",
+    "errors",
+    "install",
+    "install_this_package",
+    "recover",
+    "rewrite_class",
+    "run",
+    "signal",
+    "start",
+    "wait_for",
+    "worker",
+]

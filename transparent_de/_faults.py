@@ -1,0 +1,91 @@
+"""Named crash points inside the engine (FoundationDB's BUGGIFY, SQLite's fault loop).
+
+``point(label)`` is called at every journal boundary. With no plan installed it is one
+global load and a comparison. The test toolkit and the fuzz suite install a plan that counts
+hits and, at a chosen hit, kills the process (``os._exit``), raises :class:`InjectedCrash`
+(a ``BaseException``: user ``except Exception`` cannot swallow it) or calls back.
+
+Labels (documented in docs/fuzzing.md)::
+
+    flow.start.before_insert  flow.start.after_commit
+    step.enter  step.intent.before_write  step.intent.mid_txn  step.intent.after_commit
+    step.body  step.result.before_write  step.result.mid_txn  step.result.after_commit
+    step.error.mid_txn  step.error.after_commit  step.retry.before_backoff
+    capture.before_flush  sleep.after_deadline_written  sleep.wake.before_commit
+    signal.wait.after_write  signal.deliver.mid_txn  signal.send.mid_txn
+    flow.complete.before  flow.complete.mid_txn  flow.complete.after_commit
+    recovery.after_scan  recovery.after_claim
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: Process exit status used for deliberate crashes, to tell them from real deaths.
+CRASH_EXIT_CODE = 77
+
+
+class InjectedCrash(BaseException):
+    """An in-process crash injected at a crash point (not an error of the flow)."""
+
+    def __init__(self, label: str, hit: int) -> None:
+        super().__init__(f"injected crash at {label} (hit {hit})")
+        self.label = label
+        self.hit = hit
+
+
+@dataclass
+class FaultPlan:
+    """Which hit of the crash points fires, and how.
+
+    ``at`` is the 1-based global ordinal of the hit that fires (``None``: count only);
+    ``label`` restricts counting to one label; ``action`` is ``"exit"``, ``"raise"`` or a callable.
+    """
+
+    at: int | None = None
+    action: str | Callable[[str, int], None] = "exit"
+    label: str | None = None
+    hits: int = 0
+    labels: Counter[str] = field(default_factory=Counter)
+    trace: list[str] = field(default_factory=list)
+    fired: bool = False
+
+    def hit(self, label: str) -> None:
+        if self.label is not None and label != self.label:
+            return
+        self.hits += 1
+        self.labels[label] += 1
+        self.trace.append(label)
+        if self.at is not None and self.hits == self.at and not self.fired:
+            self.fired = True
+            if callable(self.action):
+                self.action(label, self.hits)
+            elif self.action == "exit":
+                os._exit(CRASH_EXIT_CODE)
+            else:
+                raise InjectedCrash(label, self.hits)
+
+
+_plan: FaultPlan | None = None
+
+#: Test-only switch for deliberately broken engine variants (the fuzz suite must catch each).
+planted_bug: str | None = os.environ.get("TDE_PLANTED_BUG") or None
+
+
+def point(label: str) -> None:
+    if _plan is not None:
+        _plan.hit(label)
+
+
+def install(plan: FaultPlan | None) -> FaultPlan | None:
+    """Install ``plan`` (or remove with ``None``); returns the previous plan."""
+    global _plan
+    old, _plan = _plan, plan
+    return old
+
+
+def current() -> FaultPlan | None:
+    return _plan

@@ -1,0 +1,275 @@
+"""SQLite access: opening and checking the file, connections, fenced write transactions.
+
+Design points (each pinned by a test):
+
+* **WAL**, ``BEGIN IMMEDIATE`` for every write (a deferred transaction that read first gets
+  ``SQLITE_BUSY_SNAPSHOT`` at once, ignoring the busy timeout), a busy timeout.
+* **One connection per thread**, opened lazily and never carried across ``fork()``: a
+  connection made by another pid is dropped, not used.
+* **Durability.** Connections run ``synchronous=NORMAL``: a commit survives a process crash
+  once it returns. ``durability="full"`` adds :meth:`Journal.sync` after the commits that
+  matter (a step's result, a flow's end, a timer, a signal): one ``fsync`` of the WAL file,
+  shared by every thread that committed before it started (group commit). A step's *intent*
+  is not fsynced on its own: losing it to a power cut only loses the attempt count, since a
+  step without a recorded result runs again anyway. So a step costs one fsync, not two.
+* **Fencing.** Every write of a flow's rows runs ``UPDATE flows SET lease_until=...
+  WHERE owner=? AND fence=?`` in the same transaction; if another process took the flow
+  over, the write is refused with :class:`LeaseLost` and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import _faults
+from ._schema import APPLICATION_ID, OUR_TABLES, SCHEMA, SCHEMA_VERSION
+from .errors import ForeignDatabaseError, JournalIOError, NotADatabaseError, SchemaTooNewError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class LeaseLost(BaseException):
+    """This process no longer owns the flow; unwind without writing anything."""
+
+    def __init__(self, flow_id: str) -> None:
+        super().__init__(f"lease of flow {flow_id} was taken over by another process")
+        self.flow_id = flow_id
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _debug_sql() -> bool:
+    return "sql" in os.environ.get("TDE_DEBUG", "").split(",")
+
+
+HOST = socket.gethostname()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (``;`` inside comments and strings is not an end)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return out
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Is the engine named by ``owner`` ('host:pid:token') possibly alive?
+
+    On this host a dead pid means a dead owner (so recovery after a crash is immediate);
+    for another host only the lease expiry can tell.
+    """
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_s, _, _token = rest.partition(":")
+    if host != HOST:
+        return True
+    try:
+        pid = int(pid_s)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Journal:
+    """One journal file. Thread-safe: each thread gets its own connection."""
+
+    def __init__(self, path: str, durability: str = "full", busy_timeout: float = 10.0) -> None:
+        if durability not in ("full", "process"):
+            raise ValueError(f"durability must be 'full' or 'process', not {durability!r}")
+        self.path = os.path.abspath(path)
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._commit_gen = 0
+        self._synced_gen = 0
+        self._wal_fd: int | None = None
+        self._wal_ino: tuple[int, int] | None = None
+        self._pid = os.getpid()
+        self._check_and_init()
+
+    # ------------------------------------------------------------------ opening
+
+    def _check_and_init(self) -> None:
+        path = self.path
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path, "rb") as f:
+                head = f.read(16)
+            if head != SQLITE_HEADER:
+                raise NotADatabaseError(path=path)
+        else:
+            # Create it ourselves with mode 0600: SQLite gives -wal/-shm the same mode.
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        con = self.conn()
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
+            if version < SCHEMA_VERSION:
+                self._migrate(con, version)
+            return
+        if app_id != 0 or tables - OUR_TABLES or (tables and version != 0):
+            raise ForeignDatabaseError(path=path, application_id=app_id)
+        with self.write() as c:
+            # Not executescript(): it would COMMIT our BEGIN IMMEDIATE half-way.
+            for stmt in _statements(SCHEMA):
+                c.execute(stmt)
+            c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # A schema only in the WAL is lost with the WAL; checkpoint it into the main file once.
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _migrate(self, con: sqlite3.Connection, version: int) -> None:
+        """Bring an older schema up to date in one transaction (no older versions exist yet)."""
+        raise SchemaTooNewError(
+            f"{self.path}: journal schema version {version} has no migration path", path=self.path,
+            found=version, supported=SCHEMA_VERSION,
+        )
+
+    def conn(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
+            return con
+        try:
+            con = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                  check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            con.execute("PRAGMA trusted_schema=OFF")
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc) or "file is not a database" in str(exc):
+                raise NotADatabaseError(path=self.path) from exc
+            raise self._io_error("open", exc) from exc
+        if _debug_sql():
+            con.set_trace_callback(lambda s: print(f"[tde sql {threading.get_ident()}] {s}", file=sys.stderr))
+        self._local.con = con
+        self._local.pid = os.getpid()
+        with self._lock:
+            self._all.append(con)
+        return con
+
+    def close(self) -> None:
+        """Close every connection this journal opened (in this process)."""
+        with self._lock:
+            cons, self._all = self._all, []
+        for con in cons:
+            with contextlib.suppress(Exception):
+                con.close()
+        self._local = threading.local()
+        if self._wal_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._wal_fd)
+            self._wal_fd = None
+
+    # ------------------------------------------------------------------ transactions
+
+    def _io_error(self, operation: str, exc: BaseException) -> JournalIOError:
+        return JournalIOError(path=self.path, operation=operation, detail=f"{type(exc).__name__}: {exc}")
+
+    @contextlib.contextmanager
+    def write(self, fence: tuple[str, str, int] | None = None, lease_ms: int = 0) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction; with ``fence=(flow_id, owner, token)`` it is fenced."""
+        con = self.conn()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._io_error("BEGIN IMMEDIATE", exc) from exc
+        try:
+            if fence is not None:
+                cur = con.execute(
+                    "UPDATE flows SET lease_until=?, updated=? WHERE flow_id=? AND owner=? AND fence=?",
+                    (now_ms() + lease_ms, now_ms(), fence[0], fence[1], fence[2]),
+                )
+                if cur.rowcount != 1:
+                    raise LeaseLost(fence[0])
+            yield con
+            _faults.point("journal.commit")
+            con.execute("COMMIT")
+        except BaseException as exc:
+            if con.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._io_error("write", exc) from exc
+            raise
+        with self._lock:
+            self._commit_gen += 1
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.conn().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise self._io_error("read", exc) from exc
+
+    # ------------------------------------------------------------------ durability
+
+    def sync(self) -> None:
+        """Make every commit made so far power-loss durable (no-op in 'process' mode).
+
+        Group commit: a thread whose commit is already covered by an fsync that *started*
+        after it returns at once; concurrent flows share one fsync.
+        """
+        if self.durability != "full":
+            return
+        with self._lock:
+            mine = self._commit_gen
+        if self._synced_gen >= mine:
+            return
+        with self._sync_lock:
+            if self._synced_gen >= mine:
+                return
+            with self._lock:
+                target = self._commit_gen
+            fd = self._wal()
+            if fd is not None:
+                os.fsync(fd)
+            self._synced_gen = target
+
+    def _wal(self) -> int | None:
+        wal = self.path + "-wal"
+        try:
+            st = os.stat(wal)
+        except FileNotFoundError:
+            return None
+        ino = (st.st_dev, st.st_ino)
+        if self._wal_fd is None or self._wal_ino != ino or os.getpid() != self._pid:
+            if self._wal_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._wal_fd)
+            self._wal_fd = os.open(wal, os.O_RDONLY)
+            self._wal_ino = ino
+            self._pid = os.getpid()
+            # A new WAL file's directory entry must be durable too.
+            dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return self._wal_fd

@@ -1,0 +1,464 @@
+"""One execution (or replay) of a flow: numbering, replay, journaling of steps and captures.
+
+A :class:`Run` lives while the flow's entry method runs on one thread. The trampolines call
+into it for every step call, captured value, durable sleep and signal wait in flow-level
+code. Step numbers are positions in call order: 1, 2, 3 ... (0 is the flow itself), shared
+by steps, captured values (``time.time()`` ...), timers and waits, so the log reads in the
+order things happened.
+
+Replay rule (the seed's): a row that is COMPLETE is not executed, its recorded value is
+returned; a FAILED row re-raises its recorded exception; anything else (PENDING, waiting)
+is executed again with ``attempts + 1``. At every position the recorded class, method and
+argument fingerprint must match the call, or :class:`NonDeterminismError` is raised before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _faults
+from ._journal import Journal, now_ms
+from ._marking import FlowSpec
+from ._serialization import EncodeError, decode, encode, fingerprint, hmac_key
+from ._trampoline import current_run
+from .errors import (
+    NonDeterminismError,
+    SerializationError,
+    TransparentDEError,
+    WaitTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+_real_sleep = time.sleep
+
+ROW_COLUMNS = (
+    "step, class_name, method_name, status, attempts, parameters, return_value, fingerprint, "
+    "error, timestamp, delay, kind"
+)
+
+
+@dataclass
+class Row:
+    step: int
+    class_name: str
+    method_name: str
+    status: str
+    attempts: int
+    parameters: bytes | None
+    return_value: bytes | None
+    fingerprint: str | None
+    error: bytes | None
+    timestamp: int
+    delay: int | None
+    kind: str
+
+
+class Park(BaseException):
+    """Unwinds a background flow that waits long: its thread is released, the scheduler resumes it.
+
+    A ``BaseException`` so that ``except Exception`` in flow code cannot swallow it.
+    """
+
+    def __init__(self, wake_at: int | None, waiting_for: str | None) -> None:
+        super().__init__(f"flow parked (wake_at={wake_at}, waiting_for={waiting_for})")
+        self.wake_at = wake_at
+        self.waiting_for = waiting_for
+
+
+class RemoteError(Exception):
+    """Stands in for a step exception that could not be pickled (type name and message kept)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteError, (self.type_name, self.message))
+
+
+def declaring_class(obj: Any, name: str) -> str:
+    for klass in type(obj).__mro__:
+        if name in vars(klass):
+            return f"{klass.__module__}.{klass.__qualname__}"
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+class Run:
+    """The state of one flow execution on one thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        flow_id: str,
+        flow: Any,
+        spec: FlowSpec,
+        fence: int,
+        rows: dict[int, Row],
+        background: bool,
+    ) -> None:
+        self.engine = engine
+        self.journal: Journal = engine.journal
+        self.flow_id = flow_id
+        self.flow = flow
+        self.spec = spec
+        self.steps = spec.steps
+        self.fence_token = (flow_id, engine.owner, fence)
+        self.rows = rows
+        self.background = background
+        self.counter = 0
+        self.in_step = False
+        self.active = True
+        self.pending: list[tuple[Any, ...]] = []  # captured rows not yet written
+        self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
+        self.key = hmac_key()
+        self.thread = threading.get_ident()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ctx(self, step: int, kind: bytes) -> bytes:
+        return f"{self.flow_id}\x00{step}\x00".encode() + kind
+
+    def _encode(self, value: Any, step: int, method: str, what: str, kind: bytes) -> bytes:
+        try:
+            return encode(value, self._ctx(step, kind), self.key)
+        except EncodeError as exc:
+            raise SerializationError(
+                flow_id=self.flow_id, flow_class=self.spec.class_name, step=step, method=method,
+                what=what, detail=str(exc),
+            ) from None
+
+    def _decode(self, blob: bytes | None, step: int, kind: bytes) -> Any:
+        if blob is None:
+            return None
+        return decode(blob, self._ctx(step, kind), self.key,
+                      lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step})
+
+    def _next(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def _check(self, step: int, row: Row, cls_name: str, method: str, fp: str | None) -> None:
+        if row.method_name != method or row.class_name != cls_name:
+            raise NonDeterminismError(
+                flow_id=self.flow_id, flow_class=self.spec.class_name, step=step,
+                recorded=f"{row.class_name}.{row.method_name}(...)", current=f"{cls_name}.{method}(...)",
+                reason="a different call at this position",
+            )
+        if fp is not None and row.fingerprint is not None and row.fingerprint != fp:
+            raise NonDeterminismError(
+                flow_id=self.flow_id, flow_class=self.spec.class_name, step=step,
+                recorded=f"{method}(<args {row.fingerprint}>)", current=f"{method}(<args {fp}>)",
+                reason="the same call with different arguments",
+            )
+
+    def _flush(self, con: Any) -> None:
+        """Write buffered captured values in the caller's transaction."""
+        if self.pending:
+            con.executemany(
+                "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, "
+                "parameters, return_value, kind, fingerprint, updated) VALUES (?,?,?,?,?, 'COMPLETE', NULL, ?, "
+                "'capture', ?, ?)",
+                self.pending,
+            )
+            self.pending = []
+
+    def write(self) -> Any:
+        return self.journal.write(self.fence_token, self.engine.lease_ms)
+
+    def foreign_thread_call(self, name: str) -> None:
+        raise TransparentDEError(
+            f"flow {self.spec.class_name} (id {self.flow_id}): step {name!r} was called from another "
+            "thread than the flow's. Steps are numbered in call order, which threads make "
+            "non-deterministic, so this call cannot be journaled. Call steps from flow code "
+            "itself, and run concurrent work inside one step."
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def call_step(self, obj: Any, name: str, site: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A step call from flow-level code: replay it, or journal and execute it."""
+        __tracebackhide__ = True
+        step = self._next()
+        _faults.point("step.enter")
+        cls_name = declaring_class(obj, name)
+        fp = fingerprint((args, kwargs))
+        row = self.rows.get(step)
+        if row is not None:
+            self._check(step, row, cls_name, name, fp)
+            if row.status == "COMPLETE":
+                self.engine._debug_replay(self, step, name, "replayed")
+                return self._decode(row.return_value, step, b"r")
+            if row.status == "FAILED":
+                self.engine._debug_replay(self, step, name, "replayed failure")
+                raise self._replay_failure(step, row)
+        return self._execute(step, cls_name, name, site, args, kwargs, fp, row,
+                             lambda: getattr(obj, name)(*args, **kwargs))
+
+    def _replay_failure(self, step: int, row: Row) -> BaseException:
+        exc = self._decode(row.error, step, b"e")
+        if not isinstance(exc, BaseException):
+            exc = RemoteError("unknown", repr(exc))
+        if sys.version_info >= (3, 11):
+            exc.add_note(f"(replayed from the journal: flow {self.flow_id}, step {step})")
+        self.failures[step] = exc
+        return exc
+
+    def _execute(
+        self,
+        step: int,
+        cls_name: str,
+        name: str,
+        site: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fp: str | None,
+        row: Row | None,
+        call: Callable[[], Any],
+        kind: str = "step",
+    ) -> Any:
+        __tracebackhide__ = True
+        params = self._encode((args, kwargs), step, name, "the arguments", b"p")
+        spec = self.spec
+        tries = 0
+        while True:
+            tries += 1
+            _faults.point("step.intent.before_write")
+            with self.write() as con:
+                self._flush(con)
+                if row is None and tries == 1:
+                    ts = now_ms()
+                    con.execute(
+                        "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, "
+                        "parameters, kind, fingerprint, site, updated) VALUES (?,?,?,?,?, 'PENDING', ?,?,?,?,?) "
+                        "ON CONFLICT (flow_id, step) DO UPDATE SET attempts = attempts + 1, updated = excluded.updated",
+                        (self.flow_id, step, ts, cls_name, name, params, kind, fp, site, ts),
+                    )
+                else:
+                    con.execute(
+                        "UPDATE execution_log SET attempts = attempts + 1, status = 'PENDING', updated = ? "
+                        "WHERE flow_id = ? AND step = ?", (now_ms(), self.flow_id, step),
+                    )
+                _faults.point("step.intent.mid_txn")
+            _faults.point("step.intent.after_commit")
+            self.engine._debug_replay(self, step, name, "executing")
+            self.in_step = True
+            try:
+                result = call()
+            except Exception as exc:
+                self.in_step = False
+                if tries <= spec.retries and isinstance(exc, spec.retry_on):
+                    _faults.point("step.retry.before_backoff")
+                    _real_sleep(min(spec.backoff * (2 ** (tries - 1)), spec.max_backoff))
+                    continue
+                self._record_failure(step, name, exc)
+                raise
+            finally:
+                self.in_step = False
+            _faults.point("step.result.before_write")
+            blob = self._encode(result, step, name, "the result", b"r")
+            with self.write() as con:
+                con.execute(
+                    "UPDATE execution_log SET status = 'COMPLETE', return_value = ?, updated = ? "
+                    "WHERE flow_id = ? AND step = ?", (blob, now_ms(), self.flow_id, step),
+                )
+                _faults.point("step.result.mid_txn")
+            self.journal.sync()
+            _faults.point("step.result.after_commit")
+            return result
+
+    def _record_failure(self, step: int, name: str, exc: BaseException) -> None:
+        """Journal a step's final exception: a replay re-raises it at the same point."""
+        try:
+            blob = encode(exc, self._ctx(step, b"e"), self.key)
+        except EncodeError:
+            blob = encode(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"), self.key)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        with self.write() as con:
+            con.execute(
+                "UPDATE execution_log SET status = 'FAILED', error = ?, error_text = ?, updated = ? "
+                "WHERE flow_id = ? AND step = ?", (blob, text, now_ms(), self.flow_id, step),
+            )
+            _faults.point("step.error.mid_txn")
+        self.journal.sync()
+        _faults.point("step.error.after_commit")
+        self.failures[step] = exc
+
+    # ------------------------------------------------------------------ captured values
+
+    def capture(self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``time.time()``, ``random.randint(...)`` ... in flow code: recorded once, replayed after."""
+        if what == "time.sleep":
+            secs = args[0] if args else kwargs.get("secs", kwargs.get("seconds", 0))
+            return self.sleep(float(secs))
+        step = self._next()
+        module, _, method = what.rpartition(".")
+        fp = fingerprint((args, kwargs)) if what != "random.shuffle" else None
+        row = self.rows.get(step)
+        if row is not None:
+            self._check(step, row, module, method, fp)
+            if row.status == "COMPLETE":
+                value = self._decode(row.return_value, step, b"r")
+                if what == "random.shuffle":
+                    args[0][:] = value
+                    return None
+                return value
+        result = fn(*args, **kwargs)
+        value = list(args[0]) if what == "random.shuffle" else result
+        blob = self._encode(value, step, what, "the captured value", b"r")
+        ts = now_ms()
+        self.pending.append((self.flow_id, step, ts, module, method, blob, fp, ts))
+        return result
+
+    # ------------------------------------------------------------------ durable sleep
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep`` in flow code: a journaled timer; after a restart only the rest is slept."""
+        step = self._next()
+        delay = max(0, int(round(seconds * 1000)))
+        fp = fingerprint(delay)
+        row = self.rows.get(step)
+        if row is not None:
+            self._check(step, row, "time", "sleep", fp)
+            if row.status == "COMPLETE":
+                return
+            deadline = row.timestamp + (row.delay or 0)
+        else:
+            ts = now_ms()
+            with self.write() as con:
+                self._flush(con)
+                con.execute(
+                    "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, delay, "
+                    "status, kind, fingerprint, updated) VALUES (?,?,?, 'time', 'sleep', ?, 'PENDING', 'sleep', ?, ?)",
+                    (self.flow_id, step, ts, delay, fp, ts),
+                )
+            self.journal.sync()
+            _faults.point("sleep.after_deadline_written")
+            deadline = ts + delay
+            self.rows[step] = Row(step, "time", "sleep", "PENDING", 1, None, None, fp, None, ts, delay, "sleep")
+        remaining = deadline - now_ms()
+        if remaining > 0:
+            if self.background and remaining > self.engine.park_after_ms:
+                raise Park(wake_at=deadline, waiting_for=None)
+            _real_sleep(remaining / 1000)
+        _faults.point("sleep.wake.before_commit")
+        with self.write() as con:
+            con.execute(
+                "UPDATE execution_log SET status = 'COMPLETE', updated = ? WHERE flow_id = ? AND step = ?",
+                (now_ms(), self.flow_id, step),
+            )
+
+    # ------------------------------------------------------------------ signals
+
+    def wait_signal(self, obj: Any, name: str, timeout: float | None) -> Any:
+        """``wait_for(self.step)``: WAITING_FOR_SIGNAL until ``signal(...)`` brings the arguments."""
+        step = self._next()
+        cls_name = declaring_class(obj, name)
+        row = self.rows.get(step)
+        if row is not None:
+            self._check(step, row, cls_name, name, None)
+            if row.status == "COMPLETE":
+                return self._decode(row.return_value, step, b"r")
+            if row.status == "FAILED":
+                raise self._replay_failure(step, row)
+            if row.status == "PENDING" and row.parameters is not None:
+                # The signal was taken but the step did not finish: run it again with its arguments.
+                args, kwargs = self._decode(row.parameters, step, b"p")
+                return self._execute(step, cls_name, name, "", args, kwargs, None, row,
+                                     lambda: getattr(obj, name)(*args, **kwargs), kind="signal")
+            started = row.timestamp
+            with self.write() as con:
+                self._flush(con)
+                con.execute("UPDATE execution_log SET attempts = attempts + 1, updated = ? "
+                            "WHERE flow_id = ? AND step = ?", (now_ms(), self.flow_id, step))
+        else:
+            started = now_ms()
+            delay = None if timeout is None else int(timeout * 1000)
+            with self.write() as con:
+                self._flush(con)
+                con.execute(
+                    "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, delay, "
+                    "status, kind, updated) VALUES (?,?,?,?,?,?, 'WAITING_FOR_SIGNAL', 'signal', ?)",
+                    (self.flow_id, step, started, cls_name, name, delay, started),
+                )
+            self.journal.sync()
+            _faults.point("signal.wait.after_write")
+        deadline = None if timeout is None else started + int(timeout * 1000)
+        while True:
+            taken = self._take_signal(step, name)
+            if taken is not None:
+                args, kwargs = taken
+                return self._execute(step, cls_name, name, "", args, kwargs, None, row or Row(
+                    step, cls_name, name, "PENDING", 1, None, None, None, None, started, None, "signal"),
+                    lambda: getattr(obj, name)(*args, **kwargs), kind="signal")
+            now = now_ms()
+            if deadline is not None and now >= deadline:
+                exc = WaitTimeoutError(flow_id=self.flow_id, step=name, timeout=timeout or 0.0)
+                self._record_failure(step, name, exc)
+                raise exc
+            if self.background and (deadline is None or deadline - now > self.engine.park_after_ms):
+                raise Park(wake_at=deadline, waiting_for=name)
+            self.engine._wait_for_signal_event(self.engine.poll_interval if deadline is None
+                                               else min(self.engine.poll_interval, (deadline - now) / 1000))
+
+    def _take_signal(self, step: int, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        with self.write() as con:
+            found = con.execute(
+                "SELECT seq, payload FROM signals WHERE flow_id = ? AND step_name = ? AND consumed_step IS NULL "
+                "ORDER BY seq LIMIT 1", (self.flow_id, name),
+            ).fetchone()
+            if found is None:
+                return None
+            seq, payload = found
+            con.execute("UPDATE signals SET consumed_step = ? WHERE seq = ?", (step, seq))
+            con.execute(
+                "UPDATE execution_log SET status = 'PENDING', parameters = ?, updated = ? "
+                "WHERE flow_id = ? AND step = ?", (payload, now_ms(), self.flow_id, step),
+            )
+            _faults.point("signal.deliver.mid_txn")
+        args, kwargs = decode(payload, b"", None, lambda: {"path": self.journal.path,
+                                                           "flow_id": self.flow_id, "step": step})
+        # Re-frame the payload under this row's identity if signing is on (signals are unsigned
+        # in transit: the sender may not know the flow's step number).
+        if self.key is not None:
+            with self.write() as con:
+                con.execute("UPDATE execution_log SET parameters = ? WHERE flow_id = ? AND step = ?",
+                            (self._encode((args, kwargs), step, name, "the signal", b"p"), self.flow_id, step))
+        return args, kwargs
+
+    # ------------------------------------------------------------------ child flows
+
+    def child_flow(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """An entry of another flow called from flow-level code: a child flow, journaled as one step.
+
+        The child's id is ``<parent id>.<step>``, so a re-run of the parent resumes the same child.
+        """
+        step = self._next()
+        cls_name = declaring_class(obj, name)
+        fp = fingerprint((args, kwargs))
+        row = self.rows.get(step)
+        if row is not None:
+            self._check(step, row, cls_name, name, fp)
+            if row.status == "COMPLETE":
+                return self._decode(row.return_value, step, b"r")
+            if row.status == "FAILED":
+                raise self._replay_failure(step, row)
+        child_id = f"{self.flow_id}.{step}"
+
+        def call() -> Any:
+            token = current_run.set(None)
+            try:
+                return self.engine._run_entry(obj, name, args, kwargs, child_id, background=False)
+            finally:
+                current_run.reset(token)
+
+        return self._execute(step, cls_name, name, "", args, kwargs, fp, row, call)

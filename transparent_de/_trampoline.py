@@ -1,0 +1,195 @@
+"""What rewritten code calls: the ``__tde__`` runtime object and its trampolines.
+
+Rewritten flow code reaches us through one global, ``__tde__`` (injected into flow modules,
+with a ``builtins`` fallback for ``runpy`` and code unpickled by dill). Its attributes are
+trampolines built on first use and then kept in the instance dict, so later loads are plain
+dict hits:
+
+* ``s:<step>@<site>``  method form: ``trampoline(obj, *args, **kwargs)``;
+* ``bs:<step>@<site>`` value form: ``binder(obj)`` -> the bound method, or a journaling
+  :class:`BoundStep` inside a flow;
+* ``n:<name>`` / ``bn:<name>`` the same for captured functions (``time.time`` ...);
+* ``g:<name>`` guard for a module global bound by ``from time import time as now``.
+
+Outside a running flow, or on any receiver that is not the flow instance, or inside a step,
+every trampoline is a plain call: rewritten code behaves exactly like the original.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextvars
+import datetime
+import os
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+#: The run whose flow-level code is executing in this context (None outside flows).
+current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("transparent_de_run", default=None)
+
+
+def _capture_table() -> dict[Any, str]:
+    """Real callables -> the name journaled for them. Identity decides, not the spelling."""
+    table: dict[Any, str] = {}
+
+    def add(owner: Any, names: str, prefix: str) -> None:
+        for n in names.split():
+            fn = getattr(owner, n, None)
+            if fn is not None:
+                table[fn] = f"{prefix}.{n}"
+
+    add(time, "time time_ns monotonic monotonic_ns perf_counter perf_counter_ns sleep", "time")
+    add(datetime.datetime, "now utcnow today", "datetime.datetime")
+    add(datetime.date, "today", "datetime.date")
+    add(random, "random randint randrange choice choices sample shuffle uniform gauss getrandbits "
+        "triangular normalvariate expovariate randbytes", "random")
+    add(uuid, "uuid1 uuid4", "uuid")
+    add(os, "urandom", "os")
+    add(secrets, "token_bytes token_hex token_urlsafe randbelow randbits choice", "secrets")
+    return table
+
+
+CAPTURED: dict[Any, str] = _capture_table()
+
+
+def captured_name(fn: Any) -> str | None:
+    try:
+        return CAPTURED.get(fn)
+    except TypeError:  # unhashable receiver of a bound method
+        return None
+
+
+def _is_step(run: Run, obj: Any, name: str) -> bool:
+    return run.flow is obj and not run.in_step and name in run.steps
+
+
+class BoundStep:
+    """``self.step`` used as a value inside a flow: calling it journals the step.
+
+    Delegates attribute access to the real bound method, so ``__name__``, ``__doc__`` and
+    ``functools.partial(self.step, 1)`` behave. It remembers its run: calling it from a
+    thread the flow started (where no run is active) raises instead of silently not
+    journaling.
+    """
+
+    __slots__ = ("_name", "_obj", "_run", "_site")
+
+    def __init__(self, run: Run, obj: Any, name: str, site: str) -> None:
+        self._run, self._obj, self._name, self._site = run, obj, name, site
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = current_run.get()
+        if run is None and self._run.active and not self._run.in_step:
+            self._run.foreign_thread_call(self._name)
+        if run is not self._run or not _is_step(run, self._obj, self._name):
+            return getattr(self._obj, self._name)(*args, **kwargs)
+        return run.call_step(self._obj, self._name, self._site, args, kwargs)
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(getattr(self._obj, self._name), item)
+
+    def __repr__(self) -> str:
+        return f"<journaled step {type(self._obj).__name__}.{self._name}>"
+
+
+def _make(key: str) -> Callable[..., Any]:
+    kind, _, rest = key.partition(":")
+    name, _, site = rest.partition("@")
+
+    if kind == "s":
+
+        def step_trampoline(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            run = current_run.get()
+            if run is None or not _is_step(run, obj, name):
+                return getattr(obj, name)(*args, **kwargs)
+            return run.call_step(obj, name, site, args, kwargs)
+
+        return step_trampoline
+
+    if kind == "bs":
+
+        def step_binder(obj: Any) -> Any:
+            run = current_run.get()
+            if run is None or not _is_step(run, obj, name):
+                return getattr(obj, name)
+            return BoundStep(run, obj, name, site)
+
+        return step_binder
+
+    if kind == "n":
+
+        def capture_trampoline(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            fn = getattr(obj, name)
+            run = current_run.get()
+            if run is None or run.in_step:
+                return fn(*args, **kwargs)
+            what = captured_name(fn)
+            if what is None:
+                return fn(*args, **kwargs)
+            return run.capture(what, fn, args, kwargs)
+
+        return capture_trampoline
+
+    if kind in ("bn", "g"):
+
+        def capture_binder(value: Any) -> Any:
+            fn = getattr(value, name) if kind == "bn" else value
+            run = current_run.get()
+            if run is None or run.in_step:
+                return fn
+            what = captured_name(fn)
+            if what is None:
+                return fn
+            return _CapturedCall(run, what, fn)
+
+        return capture_binder
+
+    raise AttributeError(key)
+
+
+class _CapturedCall:
+    __slots__ = ("_fn", "_run", "_what")
+
+    def __init__(self, run: Run, what: str, fn: Any) -> None:
+        self._run, self._what, self._fn = run, what, fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = current_run.get()
+        if run is not self._run or run.in_step:
+            return self._fn(*args, **kwargs)
+        return run.capture(self._what, self._fn, args, kwargs)
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._fn, item)
+
+
+class Runtime:
+    """The object rewritten code reads as ``__tde__``; attributes are built on first use."""
+
+    def __getattr__(self, key: str) -> Callable[..., Any]:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        fn = _make(key)
+        self.__dict__[key] = fn
+        return fn
+
+    def __reduce__(self) -> str:
+        # dill pickles rewritten lambdas by value with their globals: never drag state along.
+        return "RUNTIME"
+
+    def __repr__(self) -> str:
+        return "<transparent_de runtime>"
+
+
+RUNTIME = Runtime()
+# The fallback for code executed without our loader's module dict (runpy, dill by-value code).
+builtins.__tde__ = RUNTIME  # type: ignore[attr-defined]
