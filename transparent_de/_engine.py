@@ -14,6 +14,7 @@ replay from the journal) when due or signalled. Sleeping flows cost no threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import importlib
 import logging
@@ -51,7 +52,9 @@ FLOW_ID_MAX = 255
 
 def _check_flow_id(flow_id: Any) -> str:
     if not isinstance(flow_id, str) or not 0 < len(flow_id) <= FLOW_ID_MAX:
-        raise ValueError(f"flow_id must be a non-empty str of at most {FLOW_ID_MAX} characters, not {flow_id!r}")
+        raise ValueError(
+            f"flow_id must be a non-empty str of at most {FLOW_ID_MAX} characters, not {flow_id!r}"
+        )
     if any(ord(c) < 32 for c in flow_id):
         raise ValueError(f"flow_id {flow_id!r} contains control characters")
     return flow_id
@@ -150,7 +153,9 @@ class FlowHandle:
                 self._set(*outcome)
                 continue
             if deadline is not None and now_ms() >= deadline:
-                raise TimeoutError(f"flow {self.id} did not finish within {timeout} s (it is still {self.status()})")
+                raise TimeoutError(
+                    f"flow {self.id} did not finish within {timeout} s (it is still {self.status()})"
+                )
 
     def __repr__(self) -> str:
         return f"<FlowHandle {self.id}>"
@@ -254,7 +259,9 @@ class Engine:
         obj, name = _bound_entry(entry)
         return self._run_entry(obj, name, args, kwargs, flow_id, background=False)
 
-    def start(self, entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any) -> FlowHandle:
+    def start(
+        self, entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any
+    ) -> FlowHandle:
         """Start (or resume) a flow in the background; long sleeps and waits park it."""
         obj, name = _bound_entry(entry)
         spec_of(obj)
@@ -301,20 +308,28 @@ class Engine:
             raise FlowNotFoundError(flow_id=flow_id, path=self.journal.path)
         status, module, qualname = rows[0]
         if status in ("COMPLETE", "FAILED", "CANCELLED"):
-            raise SignalError(flow_id=flow_id, step=step, reason=f"the flow is {status}; nothing will wait for it")
+            raise SignalError(
+                flow_id=flow_id, step=step, reason=f"the flow is {status}; nothing will wait for it"
+            )
         cls = _resolve_class(module, qualname, required=False)
         spec = cls.__dict__.get("__tde_spec__") if cls is not None else None
         if isinstance(spec, FlowSpec) and step not in spec.steps:
-            raise SignalError(flow_id=flow_id, step=step,
-                              reason=f"{qualname} has no step named {step!r} (steps: {sorted(spec.steps)})")
+            raise SignalError(
+                flow_id=flow_id,
+                step=step,
+                reason=f"{qualname} has no step named {step!r} (steps: {sorted(spec.steps)})",
+            )
         try:
             payload = encode((args, kwargs))
         except EncodeError as exc:
-            raise SerializationError(flow_id=flow_id, step=0, method=step, what="the signal arguments",
-                                     detail=str(exc)) from None
+            raise SerializationError(
+                flow_id=flow_id, step=0, method=step, what="the signal arguments", detail=str(exc)
+            ) from None
         with self.journal.write() as con:
-            con.execute("INSERT INTO signals (flow_id, step_name, payload, sent) VALUES (?,?,?,?)",
-                        (flow_id, step, payload, now_ms()))
+            con.execute(
+                "INSERT INTO signals (flow_id, step_name, payload, sent) VALUES (?,?,?,?)",
+                (flow_id, step, payload, now_ms()),
+            )
             _faults.point("signal.send.mid_txn")
         self.journal.sync()
         with self._signal_cv:
@@ -330,12 +345,18 @@ class Engine:
             if row is None:
                 raise FlowNotFoundError(flow_id=flow_id, path=self.journal.path)
             if row[0] in ("COMPLETE", "FAILED", "CANCELLED"):
-                raise TransparentDEError(f"flow {flow_id} is already {row[0]}; only unfinished flows can be cancelled")
+                raise TransparentDEError(
+                    f"flow {flow_id} is already {row[0]}; only unfinished flows can be cancelled"
+                )
             t = now_ms()
-            con.execute("UPDATE flows SET status='CANCELLED', owner=NULL, fence=fence+1, updated=? WHERE flow_id=?",
-                        (t, flow_id))
-            con.execute("UPDATE execution_log SET status='CANCELLED', updated=? WHERE flow_id=? AND step=0",
-                        (t, flow_id))
+            con.execute(
+                "UPDATE flows SET status='CANCELLED', owner=NULL, fence=fence+1, updated=? WHERE flow_id=?",
+                (t, flow_id),
+            )
+            con.execute(
+                "UPDATE execution_log SET status='CANCELLED', updated=? WHERE flow_id=? AND step=0",
+                (t, flow_id),
+            )
         self.journal.sync()
 
     def flows(self, status: str | None = None) -> list[FlowInfo]:
@@ -400,10 +421,14 @@ class Engine:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="tde-flow")
             if self._scheduler is None:
-                self._scheduler = threading.Thread(target=self._schedule_loop, name="tde-scheduler", daemon=True)
+                self._scheduler = threading.Thread(
+                    target=self._schedule_loop, name="tde-scheduler", daemon=True
+                )
                 self._scheduler.start()
             if self._heartbeat is None:
-                self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="tde-heartbeat", daemon=True)
+                self._heartbeat = threading.Thread(
+                    target=self._heartbeat_loop, name="tde-heartbeat", daemon=True
+                )
                 self._heartbeat.start()
 
     def _submit(self, fid: str, fn: Callable[[], Any]) -> None:
@@ -458,7 +483,7 @@ class Engine:
                 due += ready
             for fid in due:
                 if fid not in self._active:
-                    self._submit(fid, lambda fid=fid: self._resume(fid))
+                    self._submit(fid, functools.partial(self._resume, fid))
             with self._lock:
                 if not self._closed:
                     self._wakeup.wait(timeout)
@@ -472,7 +497,8 @@ class Engine:
         )
         gone = self.journal.read(
             f"SELECT flow_id FROM flows WHERE flow_id IN ({marks}) AND (status NOT IN ('PENDING', "
-            f"'WAITING_FOR_SIGNAL') OR waiting_for IS NULL)", tuple(fids),
+            f"'WAITING_FOR_SIGNAL') OR waiting_for IS NULL)",
+            tuple(fids),
         )
         return [r[0] for r in rows] + [r[0] for r in gone]
 
@@ -485,18 +511,19 @@ class Engine:
                 active = list(self._active)
                 self._wakeup.wait(max(0.05, self.lease_ms / 3000))
             if active:
-                with contextlib.suppress(Exception):
-                    with self.journal.write() as con:
-                        con.executemany(
-                            "UPDATE flows SET lease_until = ? WHERE flow_id = ? AND owner = ?",
-                            [(now_ms() + self.lease_ms, f, self.owner) for f in active],
-                        )
+                with contextlib.suppress(Exception), self.journal.write() as con:
+                    con.executemany(
+                        "UPDATE flows SET lease_until = ? WHERE flow_id = ? AND owner = ?",
+                        [(now_ms() + self.lease_ms, f, self.owner) for f in active],
+                    )
 
     def _resume(self, fid: str) -> Any:
         """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
         row = self.journal.read(
             "SELECT f.module, f.qualname, f.method_name, f.instance, e.parameters FROM flows f "
-            "JOIN execution_log e ON e.flow_id = f.flow_id AND e.step = 0 WHERE f.flow_id = ?", (fid,))
+            "JOIN execution_log e ON e.flow_id = f.flow_id AND e.step = 0 WHERE f.flow_id = ?",
+            (fid,),
+        )
         if not row:
             raise FlowNotFoundError(flow_id=fid, path=self.journal.path)
         module, qualname, method, instance_blob, params = row[0]
@@ -523,7 +550,8 @@ class Engine:
 
     def _final_outcome(self, fid: str) -> tuple[bool, Any] | None:
         rows = self.journal.read(
-            "SELECT status, return_value, error FROM execution_log WHERE flow_id = ? AND step = 0", (fid,))
+            "SELECT status, return_value, error FROM execution_log WHERE flow_id = ? AND step = 0", (fid,)
+        )
         if not rows:
             return None
         status, value, error = rows[0]
@@ -537,17 +565,28 @@ class Engine:
             return False, FlowCancelledError(flow_id=fid)
         return None
 
-    def _failed_error(self, fid: str, error: bytes | None, where: Callable[[], dict[str, Any]]) -> BaseException:
+    def _failed_error(
+        self, fid: str, error: bytes | None, where: Callable[[], dict[str, Any]]
+    ) -> BaseException:
         cause = decode(error, f"{fid}\x000\x00".encode() + b"e", hmac_key(), where) if error else None
         cls_rows = self.journal.read("SELECT module || '.' || qualname FROM flows WHERE flow_id = ?", (fid,))
-        err = FlowFailedError(flow_id=fid, flow_class=cls_rows[0][0] if cls_rows else "",
-                              error=f"{type(cause).__name__}: {cause}")
+        err = FlowFailedError(
+            flow_id=fid,
+            flow_class=cls_rows[0][0] if cls_rows else "",
+            error=f"{type(cause).__name__}: {cause}",
+        )
         err.__cause__ = cause if isinstance(cause, BaseException) else None
         return err
 
     def _claim(
-        self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fid: str, create_only: bool = False
-    ) -> tuple[bool, Any] | None | tuple[int, dict[int, Row]]:
+        self,
+        obj: Any,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fid: str,
+        create_only: bool = False,
+    ) -> tuple[bool, Any] | tuple[int, dict[int, Row]] | None:
         """Create the flow, or claim it for this engine. Returns a final outcome if it is finished.
 
         With ``create_only`` the flow is created (or found) without being claimed.
@@ -560,8 +599,14 @@ class Engine:
         try:
             params = encode((args, kwargs), ctx + b"p", key)
         except EncodeError as exc:
-            raise SerializationError(flow_id=fid, flow_class=spec.class_name, step=0, method=name,
-                                     what="the flow's arguments", detail=str(exc)) from None
+            raise SerializationError(
+                flow_id=fid,
+                flow_class=spec.class_name,
+                step=0,
+                method=name,
+                what="the flow's arguments",
+                detail=str(exc),
+            ) from None
         try:
             instance: bytes | None = encode(obj, ctx + b"i", key)
         except EncodeError:
@@ -581,7 +626,18 @@ class Engine:
                 con.execute(
                     "INSERT INTO flows (flow_id, module, qualname, method_name, instance, status, owner, "
                     "lease_until, fence, created, updated) VALUES (?,?,?,?,?, 'PENDING', ?,?,?,?,?)",
-                    (fid, cls.__module__, cls.__qualname__, name, instance, owner, t + self.lease_ms, fence, t, t),
+                    (
+                        fid,
+                        cls.__module__,
+                        cls.__qualname__,
+                        name,
+                        instance,
+                        owner,
+                        t + self.lease_ms,
+                        fence,
+                        t,
+                        t,
+                    ),
                 )
                 con.execute(
                     "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, "
@@ -593,9 +649,13 @@ class Engine:
                 status, owner, lease_until, fence, rec_cls, rec_method, rec_fp = row
                 if status in ("COMPLETE", "FAILED", "CANCELLED"):
                     pass  # handled after the transaction
-                elif (rec_cls, rec_method) != (spec.class_name, name) or (rec_fp is not None and rec_fp != fp):
+                elif (rec_cls, rec_method) != (spec.class_name, name) or (
+                    rec_fp is not None and rec_fp != fp
+                ):
                     raise NonDeterminismError(
-                        flow_id=fid, flow_class=spec.class_name, step=0,
+                        flow_id=fid,
+                        flow_class=spec.class_name,
+                        step=0,
                         recorded=f"{rec_cls}.{rec_method}(<args {rec_fp}>)",
                         current=f"{spec.class_name}.{name}(<args {fp}>)",
                         reason="this flow id was started with another entry or other arguments",
@@ -604,20 +664,31 @@ class Engine:
                     pass
                 else:
                     if fid in self._active or (
-                        owner is not None and owner != self.owner and owner_alive(owner) and (lease_until or 0) > t
+                        owner is not None
+                        and owner != self.owner
+                        and owner_alive(owner)
+                        and (lease_until or 0) > t
                     ):
-                        raise FlowBusyError(flow_id=fid, owner=owner if fid not in self._active else "this process")
+                        raise FlowBusyError(
+                            flow_id=fid, owner=owner if fid not in self._active else "this process"
+                        )
                     fence += 1
                     con.execute(
                         "UPDATE flows SET owner=?, lease_until=?, fence=?, wake_at=NULL, waiting_for=NULL, "
-                        "status='PENDING', updated=? WHERE flow_id=?", (self.owner, t + self.lease_ms, fence, t, fid))
+                        "status='PENDING', updated=? WHERE flow_id=?",
+                        (self.owner, t + self.lease_ms, fence, t, fid),
+                    )
                     if _faults.planted_bug != "forget-attempts":
-                        con.execute("UPDATE execution_log SET attempts = attempts + 1, updated = ? "
-                                    "WHERE flow_id = ? AND step = 0", (t, fid))
+                        con.execute(
+                            "UPDATE execution_log SET attempts = attempts + 1, updated = ? "
+                            "WHERE flow_id = ? AND step = 0",
+                            (t, fid),
+                        )
                 rows = {}
                 if status not in ("COMPLETE", "FAILED", "CANCELLED") and not create_only:
-                    for r in con.execute(f"SELECT {ROW_COLUMNS} FROM execution_log WHERE flow_id = ? AND step > 0",
-                                         (fid,)):
+                    for r in con.execute(
+                        f"SELECT {ROW_COLUMNS} FROM execution_log WHERE flow_id = ? AND step > 0", (fid,)
+                    ):
                         rows[r[0]] = Row(*r)
             if not create_only and row is not None and row[0] in ("COMPLETE", "FAILED", "CANCELLED"):
                 pass
@@ -631,7 +702,12 @@ class Engine:
         return fence, rows
 
     def _run_entry(
-        self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], flow_id: str | None,
+        self,
+        obj: Any,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        flow_id: str | None,
         background: bool,
     ) -> Any:
         spec = spec_of(obj)
@@ -641,6 +717,7 @@ class Engine:
             ok, value = claimed
             if ok:
                 return value
+            assert isinstance(value, BaseException)
             raise value
         assert claimed is not None
         fence, rows = claimed
@@ -649,28 +726,24 @@ class Engine:
         fn = entry_function(obj, name)
         token = current_run.set(run)
         try:
-            result = fn(obj, *args, **kwargs)
+            try:
+                result = fn(obj, *args, **kwargs)
+            finally:
+                current_run.reset(token)
         except Park as park:
-            current_run.reset(token)
-            token = None
             self._park(run, park)
             raise
         except (LeaseLost, _faults.InjectedCrash):
             raise
         except Exception as exc:
-            current_run.reset(token)
-            token = None
             self._fail(run, exc)
             raise
         except BaseException:
             # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
-            with contextlib.suppress(BaseException):
-                with self.journal.write(run.fence_token, 0) as con:
-                    con.execute("UPDATE flows SET owner=NULL WHERE flow_id=?", (fid,))
+            with contextlib.suppress(BaseException), self.journal.write(run.fence_token, 0) as con:
+                con.execute("UPDATE flows SET owner=NULL WHERE flow_id=?", (fid,))
             raise
         finally:
-            if token is not None:
-                current_run.reset(token)
             run.active = False
             self._active.discard(fid)
         self._complete(run, result)
@@ -683,10 +756,16 @@ class Engine:
         with run.write() as con:
             run._flush(con)
             t = now_ms()
-            con.execute("UPDATE execution_log SET status='COMPLETE', return_value=?, updated=? "
-                        "WHERE flow_id=? AND step=0", (blob, t, fid))
-            con.execute("UPDATE flows SET status='COMPLETE', owner=NULL, wake_at=NULL, waiting_for=NULL, "
-                        "updated=? WHERE flow_id=?", (t, fid))
+            con.execute(
+                "UPDATE execution_log SET status='COMPLETE', return_value=?, updated=? "
+                "WHERE flow_id=? AND step=0",
+                (blob, t, fid),
+            )
+            con.execute(
+                "UPDATE flows SET status='COMPLETE', owner=NULL, wake_at=NULL, waiting_for=NULL, "
+                "updated=? WHERE flow_id=?",
+                (t, fid),
+            )
             _faults.point("flow.complete.mid_txn")
         self.journal.sync()
         _faults.point("flow.complete.after_commit")
@@ -696,8 +775,13 @@ class Engine:
             run._flush(con)
             con.execute(
                 "UPDATE flows SET owner=NULL, wake_at=?, waiting_for=?, status=?, updated=? WHERE flow_id=?",
-                (park.wake_at, park.waiting_for,
-                 "WAITING_FOR_SIGNAL" if park.waiting_for else "PENDING", now_ms(), run.flow_id),
+                (
+                    park.wake_at,
+                    park.waiting_for,
+                    "WAITING_FOR_SIGNAL" if park.waiting_for else "PENDING",
+                    now_ms(),
+                    run.flow_id,
+                ),
             )
         self.journal.sync()
         self._schedule(run.flow_id, park.wake_at or 0, park.waiting_for)
@@ -711,19 +795,28 @@ class Engine:
             try:
                 blob = encode(exc, f"{fid}\x000\x00".encode() + b"e", run.key)
             except EncodeError:
-                blob = encode(RemoteError(type(exc).__qualname__, str(exc)), f"{fid}\x000\x00".encode() + b"e", run.key)
+                blob = encode(
+                    RemoteError(type(exc).__qualname__, str(exc)), f"{fid}\x000\x00".encode() + b"e", run.key
+                )
             with run.write() as con:
                 run._flush(con)
-                con.execute("UPDATE execution_log SET status='FAILED', error=?, updated=? WHERE flow_id=? AND step=0",
-                            (blob, t, fid))
-                con.execute("UPDATE flows SET status='FAILED', owner=NULL, updated=? WHERE flow_id=?", (t, fid))
+                con.execute(
+                    "UPDATE execution_log SET status='FAILED', error=?, updated=? WHERE flow_id=? AND step=0",
+                    (blob, t, fid),
+                )
+                con.execute(
+                    "UPDATE flows SET status='FAILED', owner=NULL, updated=? WHERE flow_id=?", (t, fid)
+                )
         else:
             with run.write() as con:
                 run._flush(con)
                 if step is not None and _faults.planted_bug != "failed-stays-failed":
                     # Escaped: the next run retries this step instead of replaying its failure.
-                    con.execute("UPDATE execution_log SET status='PENDING', updated=? WHERE flow_id=? AND step=? "
-                                "AND status='FAILED'", (t, fid, step))
+                    con.execute(
+                        "UPDATE execution_log SET status='PENDING', updated=? WHERE flow_id=? AND step=? "
+                        "AND status='FAILED'",
+                        (t, fid, step),
+                    )
                 con.execute("UPDATE flows SET owner=NULL, updated=? WHERE flow_id=?", (t, fid))
         self.journal.sync()
 
@@ -749,9 +842,7 @@ def _bound_entry(entry: Any) -> tuple[Any, str]:
     obj = getattr(entry, "__self__", None)
     func = getattr(entry, "__func__", None)
     if obj is None or func is None:
-        raise TypeError(
-            f"expected a bound entry method of a flow instance, like MyFlow().run, not {entry!r}"
-        )
+        raise TypeError(f"expected a bound entry method of a flow instance, like MyFlow().run, not {entry!r}")
     name = getattr(func, "__tde_name__", None) or func.__name__
     spec = spec_of(obj)
     if name not in spec.entries:

@@ -85,7 +85,7 @@ class FlowLoader(importlib.machinery.SourceFileLoader):
         self.cache = cache
         self.rewritten: dict[str, frozenset[str]] = {}
 
-    def get_code(self, fullname: str) -> CodeType:  # type: ignore[override]
+    def get_code(self, fullname: str) -> CodeType:
         source = self.get_data(self.path)
         if b"__flow__" not in source:
             return super().get_code(fullname)  # type: ignore[return-value]

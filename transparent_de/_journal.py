@@ -148,8 +148,10 @@ class Journal:
     def _migrate(self, con: sqlite3.Connection, version: int) -> None:
         """Bring an older schema up to date in one transaction (no older versions exist yet)."""
         raise SchemaTooNewError(
-            f"{self.path}: journal schema version {version} has no migration path", path=self.path,
-            found=version, supported=SCHEMA_VERSION,
+            f"{self.path}: journal schema version {version} has no migration path",
+            path=self.path,
+            found=version,
+            supported=SCHEMA_VERSION,
         )
 
     def conn(self) -> sqlite3.Connection:
@@ -157,8 +159,9 @@ class Journal:
         if con is not None and self._local.pid == os.getpid():
             return con
         try:
-            con = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                  check_same_thread=False)
+            con = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
@@ -194,7 +197,9 @@ class Journal:
         return JournalIOError(path=self.path, operation=operation, detail=f"{type(exc).__name__}: {exc}")
 
     @contextlib.contextmanager
-    def write(self, fence: tuple[str, str, int] | None = None, lease_ms: int = 0) -> Iterator[sqlite3.Connection]:
+    def write(
+        self, fence: tuple[str, str, int] | None = None, lease_ms: int = 0
+    ) -> Iterator[sqlite3.Connection]:
         """A ``BEGIN IMMEDIATE`` transaction; with ``fence=(flow_id, owner, token)`` it is fenced."""
         con = self.conn()
         try:

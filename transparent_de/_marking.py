@@ -101,7 +101,9 @@ def flow_spec(cls: type) -> FlowSpec:
         )
     missing = [e for e in entries if e not in steps and not callable(getattr(cls, e, None))]
     if missing:
-        raise TypeError(f"flow class {name}: __flow__ names entries {missing} that are not methods of the class")
+        raise TypeError(
+            f"flow class {name}: __flow__ names entries {missing} that are not methods of the class"
+        )
     retry_on = options.get("retry_on", (Exception,))
     if isinstance(retry_on, type):
         retry_on = (retry_on,)
@@ -185,9 +187,7 @@ def scan_source(tree: ast.Module) -> SourceFlows:
             if isinstance(b, ast.Name) and b.id in classes:
                 names |= _body_methods(classes[b.id])
         steps[q] = frozenset(names)
-    lines = {
-        q: [classes[q].lineno] + [d.lineno for d in classes[q].decorator_list] for q in flows
-    }
+    lines = {q: [classes[q].lineno] + [d.lineno for d in classes[q].decorator_list] for q in flows}
     nd_globals = set()
     for stmt in tree.body:
         if isinstance(stmt, ast.ImportFrom) and stmt.module in ND_MODULES and stmt.level == 0:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
@@ -32,12 +32,38 @@ from . import _versions as V
 #: decides by identity (is this really ``time.time``?); the rewriter only pre-selects sites.
 ND_ATTRS: frozenset[str] = frozenset(
     {
-        "time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "sleep",
-        "now", "utcnow", "today",
-        "random", "randint", "randrange", "choice", "choices", "sample", "shuffle", "uniform",
-        "gauss", "getrandbits", "triangular", "normalvariate", "expovariate", "randbytes",
-        "uuid1", "uuid4", "urandom",
-        "token_bytes", "token_hex", "token_urlsafe", "randbelow", "randbits",
+        "time",
+        "time_ns",
+        "monotonic",
+        "monotonic_ns",
+        "perf_counter",
+        "perf_counter_ns",
+        "sleep",
+        "now",
+        "utcnow",
+        "today",
+        "random",
+        "randint",
+        "randrange",
+        "choice",
+        "choices",
+        "sample",
+        "shuffle",
+        "uniform",
+        "gauss",
+        "getrandbits",
+        "triangular",
+        "normalvariate",
+        "expovariate",
+        "randbytes",
+        "uuid1",
+        "uuid4",
+        "urandom",
+        "token_bytes",
+        "token_hex",
+        "token_urlsafe",
+        "randbelow",
+        "randbits",
     }
 )
 
@@ -146,7 +172,7 @@ def rewrite_class_body(code: CodeType, spec: RewriteSpec) -> CodeType:
 
 
 def rewrite_module_code(
-    code: CodeType, targets: dict[str, RewriteSpec], lines: dict[str, Iterable[int]]
+    code: CodeType, targets: dict[str, RewriteSpec], lines: Mapping[str, Iterable[int]]
 ) -> CodeType:
     """Find the class bodies of flow classes in a module's code and rewrite their methods.
 
@@ -168,7 +194,7 @@ def rewrite_module_code(
 
 
 def _class_qualname(
-    code: CodeType, targets: dict[str, RewriteSpec], lines: dict[str, Iterable[int]]
+    code: CodeType, targets: dict[str, RewriteSpec], lines: Mapping[str, Iterable[int]]
 ) -> str | None:
     qual = getattr(code, "co_qualname", None)
     if qual is not None:

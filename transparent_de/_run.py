@@ -15,6 +15,7 @@ anything runs.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -133,15 +134,23 @@ class Run:
             return encode(value, self._ctx(step, kind), self.key)
         except EncodeError as exc:
             raise SerializationError(
-                flow_id=self.flow_id, flow_class=self.spec.class_name, step=step, method=method,
-                what=what, detail=str(exc),
+                flow_id=self.flow_id,
+                flow_class=self.spec.class_name,
+                step=step,
+                method=method,
+                what=what,
+                detail=str(exc),
             ) from None
 
     def _decode(self, blob: bytes | None, step: int, kind: bytes) -> Any:
         if blob is None:
             return None
-        return decode(blob, self._ctx(step, kind), self.key,
-                      lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step})
+        return decode(
+            blob,
+            self._ctx(step, kind),
+            self.key,
+            lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step},
+        )
 
     def _next(self) -> int:
         self.counter += 1
@@ -150,14 +159,20 @@ class Run:
     def _check(self, step: int, row: Row, cls_name: str, method: str, fp: str | None) -> None:
         if row.method_name != method or row.class_name != cls_name:
             raise NonDeterminismError(
-                flow_id=self.flow_id, flow_class=self.spec.class_name, step=step,
-                recorded=f"{row.class_name}.{row.method_name}(...)", current=f"{cls_name}.{method}(...)",
+                flow_id=self.flow_id,
+                flow_class=self.spec.class_name,
+                step=step,
+                recorded=f"{row.class_name}.{row.method_name}(...)",
+                current=f"{cls_name}.{method}(...)",
                 reason="a different call at this position",
             )
         if fp is not None and row.fingerprint is not None and row.fingerprint != fp:
             raise NonDeterminismError(
-                flow_id=self.flow_id, flow_class=self.spec.class_name, step=step,
-                recorded=f"{method}(<args {row.fingerprint}>)", current=f"{method}(<args {fp}>)",
+                flow_id=self.flow_id,
+                flow_class=self.spec.class_name,
+                step=step,
+                recorded=f"{method}(<args {row.fingerprint}>)",
+                current=f"{method}(<args {fp}>)",
                 reason="the same call with different arguments",
             )
 
@@ -201,17 +216,19 @@ class Run:
             if row.status == "FAILED":
                 self.engine._debug_replay(self, step, name, "replayed failure")
                 raise self._replay_failure(step, row)
-        return self._execute(step, cls_name, name, site, args, kwargs, fp, row,
-                             lambda: getattr(obj, name)(*args, **kwargs))
+        return self._execute(
+            step, cls_name, name, site, args, kwargs, fp, row, lambda: getattr(obj, name)(*args, **kwargs)
+        )
 
     def _replay_failure(self, step: int, row: Row) -> BaseException:
-        exc = self._decode(row.error, step, b"e")
+        exc: Any = self._decode(row.error, step, b"e")
         if not isinstance(exc, BaseException):
             exc = RemoteError("unknown", repr(exc))
         if sys.version_info >= (3, 11):
             exc.add_note(f"(replayed from the journal: flow {self.flow_id}, step {step})")
         self.failures[step] = exc
-        return exc
+        result: BaseException = exc
+        return result
 
     def _execute(
         self,
@@ -246,7 +263,8 @@ class Run:
                 else:
                     con.execute(
                         "UPDATE execution_log SET attempts = attempts + 1, status = 'PENDING', updated = ? "
-                        "WHERE flow_id = ? AND step = ?", (now_ms(), self.flow_id, step),
+                        "WHERE flow_id = ? AND step = ?",
+                        (now_ms(), self.flow_id, step),
                     )
                 _faults.point("step.intent.mid_txn")
             _faults.point("step.intent.after_commit")
@@ -269,7 +287,8 @@ class Run:
             with self.write() as con:
                 con.execute(
                     "UPDATE execution_log SET status = 'COMPLETE', return_value = ?, updated = ? "
-                    "WHERE flow_id = ? AND step = ?", (blob, now_ms(), self.flow_id, step),
+                    "WHERE flow_id = ? AND step = ?",
+                    (blob, now_ms(), self.flow_id, step),
                 )
                 _faults.point("step.result.mid_txn")
             self.journal.sync()
@@ -286,7 +305,8 @@ class Run:
         with self.write() as con:
             con.execute(
                 "UPDATE execution_log SET status = 'FAILED', error = ?, error_text = ?, updated = ? "
-                "WHERE flow_id = ? AND step = ?", (blob, text, now_ms(), self.flow_id, step),
+                "WHERE flow_id = ? AND step = ?",
+                (blob, text, now_ms(), self.flow_id, step),
             )
             _faults.point("step.error.mid_txn")
         self.journal.sync()
@@ -295,7 +315,9 @@ class Run:
 
     # ------------------------------------------------------------------ captured values
 
-    def capture(self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def capture(
+        self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """``time.time()``, ``random.randint(...)`` ... in flow code: recorded once, replayed after."""
         if what == "time.sleep":
             secs = args[0] if args else kwargs.get("secs", kwargs.get("seconds", 0))
@@ -324,7 +346,7 @@ class Run:
     def sleep(self, seconds: float) -> None:
         """``time.sleep`` in flow code: a journaled timer; after a restart only the rest is slept."""
         step = self._next()
-        delay = max(0, int(round(seconds * 1000)))
+        delay = max(0, round(seconds * 1000))
         fp = fingerprint(delay)
         row = self.rows.get(step)
         if row is not None:
@@ -344,7 +366,9 @@ class Run:
             self.journal.sync()
             _faults.point("sleep.after_deadline_written")
             deadline = ts + delay
-            self.rows[step] = Row(step, "time", "sleep", "PENDING", 1, None, None, fp, None, ts, delay, "sleep")
+            self.rows[step] = Row(
+                step, "time", "sleep", "PENDING", 1, None, None, fp, None, ts, delay, "sleep"
+            )
         remaining = deadline - now_ms()
         if remaining > 0:
             if self.background and remaining > self.engine.park_after_ms:
@@ -373,13 +397,26 @@ class Run:
             if row.status == "PENDING" and row.parameters is not None:
                 # The signal was taken but the step did not finish: run it again with its arguments.
                 args, kwargs = self._decode(row.parameters, step, b"p")
-                return self._execute(step, cls_name, name, "", args, kwargs, None, row,
-                                     lambda: getattr(obj, name)(*args, **kwargs), kind="signal")
+                return self._execute(
+                    step,
+                    cls_name,
+                    name,
+                    "",
+                    args,
+                    kwargs,
+                    None,
+                    row,
+                    lambda: getattr(obj, name)(*args, **kwargs),
+                    kind="signal",
+                )
             started = row.timestamp
             with self.write() as con:
                 self._flush(con)
-                con.execute("UPDATE execution_log SET attempts = attempts + 1, updated = ? "
-                            "WHERE flow_id = ? AND step = ?", (now_ms(), self.flow_id, step))
+                con.execute(
+                    "UPDATE execution_log SET attempts = attempts + 1, updated = ? "
+                    "WHERE flow_id = ? AND step = ?",
+                    (now_ms(), self.flow_id, step),
+                )
         else:
             started = now_ms()
             delay = None if timeout is None else int(timeout * 1000)
@@ -397,9 +434,21 @@ class Run:
             taken = self._take_signal(step, name)
             if taken is not None:
                 args, kwargs = taken
-                return self._execute(step, cls_name, name, "", args, kwargs, None, row or Row(
-                    step, cls_name, name, "PENDING", 1, None, None, None, None, started, None, "signal"),
-                    lambda: getattr(obj, name)(*args, **kwargs), kind="signal")
+                return self._execute(
+                    step,
+                    cls_name,
+                    name,
+                    "",
+                    args,
+                    kwargs,
+                    None,
+                    row
+                    or Row(
+                        step, cls_name, name, "PENDING", 1, None, None, None, None, started, None, "signal"
+                    ),
+                    functools.partial(getattr(obj, name), *args, **kwargs),
+                    kind="signal",
+                )
             now = now_ms()
             if deadline is not None and now >= deadline:
                 exc = WaitTimeoutError(flow_id=self.flow_id, step=name, timeout=timeout or 0.0)
@@ -407,14 +456,18 @@ class Run:
                 raise exc
             if self.background and (deadline is None or deadline - now > self.engine.park_after_ms):
                 raise Park(wake_at=deadline, waiting_for=name)
-            self.engine._wait_for_signal_event(self.engine.poll_interval if deadline is None
-                                               else min(self.engine.poll_interval, (deadline - now) / 1000))
+            self.engine._wait_for_signal_event(
+                self.engine.poll_interval
+                if deadline is None
+                else min(self.engine.poll_interval, (deadline - now) / 1000)
+            )
 
     def _take_signal(self, step: int, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         with self.write() as con:
             found = con.execute(
                 "SELECT seq, payload FROM signals WHERE flow_id = ? AND step_name = ? AND consumed_step IS NULL "
-                "ORDER BY seq LIMIT 1", (self.flow_id, name),
+                "ORDER BY seq LIMIT 1",
+                (self.flow_id, name),
             ).fetchone()
             if found is None:
                 return None
@@ -422,17 +475,21 @@ class Run:
             con.execute("UPDATE signals SET consumed_step = ? WHERE seq = ?", (step, seq))
             con.execute(
                 "UPDATE execution_log SET status = 'PENDING', parameters = ?, updated = ? "
-                "WHERE flow_id = ? AND step = ?", (payload, now_ms(), self.flow_id, step),
+                "WHERE flow_id = ? AND step = ?",
+                (payload, now_ms(), self.flow_id, step),
             )
             _faults.point("signal.deliver.mid_txn")
-        args, kwargs = decode(payload, b"", None, lambda: {"path": self.journal.path,
-                                                           "flow_id": self.flow_id, "step": step})
+        args, kwargs = decode(
+            payload, b"", None, lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step}
+        )
         # Re-frame the payload under this row's identity if signing is on (signals are unsigned
         # in transit: the sender may not know the flow's step number).
         if self.key is not None:
             with self.write() as con:
-                con.execute("UPDATE execution_log SET parameters = ? WHERE flow_id = ? AND step = ?",
-                            (self._encode((args, kwargs), step, name, "the signal", b"p"), self.flow_id, step))
+                con.execute(
+                    "UPDATE execution_log SET parameters = ? WHERE flow_id = ? AND step = ?",
+                    (self._encode((args, kwargs), step, name, "the signal", b"p"), self.flow_id, step),
+                )
         return args, kwargs
 
     # ------------------------------------------------------------------ child flows

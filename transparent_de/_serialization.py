@@ -71,7 +71,12 @@ def encode(value: Any, context: bytes = b"", key: bytes | None = None) -> bytes:
     return header + mac + payload
 
 
-def decode(blob: bytes, context: bytes = b"", key: bytes | None = None, where: Callable[[], dict[str, Any]] | None = None) -> Any:
+def decode(
+    blob: bytes,
+    context: bytes = b"",
+    key: bytes | None = None,
+    where: Callable[[], dict[str, Any]] | None = None,
+) -> Any:
     """Check a blob's frame (and signature) and unpickle it; any damage raises CorruptJournalError."""
 
     def corrupt(detail: str) -> CorruptJournalError:
@@ -88,7 +93,9 @@ def decode(blob: bytes, context: bytes = b"", key: bytes | None = None, where: C
         offset += _MAC_LEN
         expected = hmac.new(key, context + blob[: _HEADER.size] + blob[offset:], hashlib.sha256).digest()
         if not hmac.compare_digest(mac, expected):
-            raise corrupt("HMAC signature mismatch: the value was tampered with, moved, or signed with another key")
+            raise corrupt(
+                "HMAC signature mismatch: the value was tampered with, moved, or signed with another key"
+            )
     payload = blob[offset:]
     if zlib.crc32(payload) != crc:
         raise corrupt("value blob failed its CRC check (truncated or garbled)")

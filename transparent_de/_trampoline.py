@@ -48,8 +48,12 @@ def _capture_table() -> dict[Any, str]:
     add(time, "time time_ns monotonic monotonic_ns perf_counter perf_counter_ns sleep", "time")
     add(datetime.datetime, "now utcnow today", "datetime.datetime")
     add(datetime.date, "today", "datetime.date")
-    add(random, "random randint randrange choice choices sample shuffle uniform gauss getrandbits "
-        "triangular normalvariate expovariate randbytes", "random")
+    add(
+        random,
+        "random randint randrange choice choices sample shuffle uniform gauss getrandbits "
+        "triangular normalvariate expovariate randbytes",
+        "random",
+    )
     add(uuid, "uuid1 uuid4", "uuid")
     add(os, "urandom", "os")
     add(secrets, "token_bytes token_hex token_urlsafe randbelow randbits choice", "secrets")

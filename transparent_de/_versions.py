@@ -36,9 +36,7 @@ def check_supported() -> None:
             "so install() refuses to run. Use a supported interpreter."
         )
     if sys.implementation.name != "cpython":
-        raise UnsupportedPythonError(
-            f"transparent_de needs CPython; this is {sys.implementation.name}."
-        )
+        raise UnsupportedPythonError(f"transparent_de needs CPython; this is {sys.implementation.name}.")
 
 
 def attr_load(instr: Any) -> tuple[str, bool] | None:

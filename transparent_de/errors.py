@@ -103,8 +103,13 @@ class NonDeterminismError(TransparentDEError):
         reason: str = "",
     ) -> None:
         super().__init__(
-            message, flow_id=flow_id, flow_class=flow_class, step=step,
-            recorded=recorded, current=current, reason=reason,
+            message,
+            flow_id=flow_id,
+            flow_class=flow_class,
+            step=step,
+            recorded=recorded,
+            current=current,
+            reason=reason,
         )
 
     def _build(self, **f: Any) -> str:
@@ -133,8 +138,13 @@ class SerializationError(TransparentDEError):
         detail: str = "",
     ) -> None:
         super().__init__(
-            message, flow_id=flow_id, flow_class=flow_class, step=step, method=method,
-            what=what, detail=detail,
+            message,
+            flow_id=flow_id,
+            flow_class=flow_class,
+            step=step,
+            method=method,
+            what=what,
+            detail=detail,
         )
 
     def _build(self, **f: Any) -> str:
@@ -253,7 +263,9 @@ class FlowNotFoundError(TransparentDEError):
 class FlowFailedError(TransparentDEError):
     """The flow ended FAILED under a 'final' failure policy; the original error is the cause."""
 
-    def __init__(self, message: str = "", *, flow_id: str = "", flow_class: str = "", error: str = "") -> None:
+    def __init__(
+        self, message: str = "", *, flow_id: str = "", flow_class: str = "", error: str = ""
+    ) -> None:
         super().__init__(message, flow_id=flow_id, flow_class=flow_class, error=error)
 
     def _build(self, **f: Any) -> str:

@@ -1,0 +1,1 @@
+"""Example flows for the demo: an order that is reserved, charged and shipped."""
