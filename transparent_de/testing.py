@@ -19,6 +19,8 @@ import pytest
 from . import _api
 from ._engine import Engine
 from ._hook import finalize_module
+from ._trampoline import RUNTIME
+from ._versions import RUNTIME_NAME
 
 
 @pytest.fixture
@@ -30,15 +32,6 @@ def tde_engine(tmp_path: Path) -> Iterator[Engine]:
     finally:
         eng.close()
         _api._default = None
-
-
-def pytest_collectstart(collector: Any) -> None:
-    """Nothing to do before collection; module-level flows are handled once the module exists."""
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> Iterator[None]:
-    yield
 
 
 def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
@@ -53,5 +46,5 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
             inspect.isclass(v) and getattr(v, "__flow__", None) and v.__module__ == mod.__name__
             for v in vars(mod).values()
         ):
-            mod.__dict__.setdefault("__tde__", __import__("transparent_de._trampoline")._trampoline.RUNTIME)
+            mod.__dict__.setdefault(RUNTIME_NAME, RUNTIME)
             finalize_module(mod)
