@@ -1,0 +1,648 @@
+"""The ``transparent-de`` command line: run, inspect, signal, recover and cancel flows.
+
+``python -m transparent_de --help`` (or the ``transparent-de`` console script). Every command
+takes ``--db PATH`` (default: ``$TRANSPARENT_DE_DB`` or ``transparent_de.db``) and ``--json``.
+Exit codes: 0 ok, 1 a flow failed (or ``doctor`` found a problem), 2 usage error or bad input
+(unknown flow id, missing journal, ...). See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import importlib.metadata
+import json
+import os
+import signal as signal_module
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from . import _hook, _versions
+from ._engine import Engine, FlowInfo, StepInfo
+from ._schema import APPLICATION_ID, SCHEMA_VERSION, STATUSES
+from ._serialization import codec_of, decode, hmac_key
+from .errors import (
+    FlowCancelledError,
+    FlowFailedError,
+    FlowNotFoundError,
+    JournalError,
+    SignalError,
+    TransparentDEError,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+READ_ONLY_COMMANDS = ("list", "show", "doctor")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line on stderr, exit code 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _default_db() -> str:
+    return os.environ.get("TRANSPARENT_DE_DB", "transparent_de.db")
+
+
+def _require_journal(path: str) -> None:
+    if not os.path.exists(path):
+        raise UsageError(
+            f"no journal at {path!r} (use --db PATH or set TRANSPARENT_DE_DB); nothing was created"
+        )
+
+
+def _parse_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _short(text: str, width: int = 40) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _age(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    s = max(0, int(time.time() - ms / 1000))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=repr))
+    else:
+        print(text())
+
+
+def _flow_packages(path: str, where: str = "", params: tuple[Any, ...] = ()) -> list[str]:
+    """Top-level packages of flows in the journal (read-only), so their hook can be installed."""
+    if not os.path.exists(path):
+        return []
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = con.execute(f"SELECT DISTINCT module FROM flows {where}", params).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+    return sorted({str(m).split(".")[0] for (m,) in rows if m})
+
+
+def _install(packages: Sequence[str]) -> None:
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    have = {p for f in sys.meta_path if isinstance(f, _hook.FlowFinder) for p in f.packages}
+    todo = [p for p in packages if p not in have]
+    if todo:
+        _hook.install(*todo)
+
+
+def _decoded(blob: bytes | None, context: bytes, unsafe: bool) -> tuple[str, Any]:
+    """(short text, json value) of a framed blob; dill blobs only with ``unsafe``."""
+    if blob is None:
+        return "", None
+    codec = codec_of(blob)
+    if codec is None:
+        return f"<{len(blob)} bytes, no frame>", None
+    if codec != "pickle" and not unsafe:
+        return f"<{codec}, {len(blob)} bytes>", None
+    try:
+        value = decode(blob, context, hmac_key())
+    except Exception as exc:  # a corrupt blob or a class that no longer imports
+        return f"<{codec}, {len(blob)} bytes: {type(exc).__name__}>", None
+    return repr(value), _jsonable(value)
+
+
+def _format_args(value: Any) -> str:
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], tuple)
+        and isinstance(value[1], dict)
+    ):
+        parts = [repr(a) for a in value[0]] + [f"{k}={v!r}" for k, v in value[1].items()]
+        return ", ".join(parts)
+    return repr(value)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    target: str = args.target
+    module_name, sep, attr = target.partition(":")
+    cls_name, dot, method = attr.rpartition(".")
+    if not sep or not dot or not module_name or not cls_name or not method:
+        raise UsageError(f"expected MODULE:Class.method, got {target!r}")
+    _install([module_name.split(".")[0]])
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from None
+    cls: Any = module
+    try:
+        for part in cls_name.split("."):
+            cls = getattr(cls, part)
+        entry = getattr(cls(), method)
+    except AttributeError as exc:
+        raise UsageError(f"{target}: {exc}") from None
+    flow_id = args.flow_id or uuid.uuid4().hex
+    values = [_parse_arg(a) for a in args.args]
+    engine = Engine(args.db)
+    try:
+        try:
+            result = engine.run(entry, *values, flow_id=flow_id)
+        except TypeError as exc:
+            if "entry" in str(exc) or "bound entry" in str(exc):
+                raise UsageError(str(exc)) from None
+            raise
+    finally:
+        engine.close()
+    _emit(args, {"flow_id": flow_id, "result": _jsonable(result)}, lambda: _result_text(result))
+    return EXIT_OK
+
+
+def _result_text(result: Any) -> str:
+    try:
+        return json.dumps(result)
+    except (TypeError, ValueError):
+        return repr(result)
+
+
+def _flow_dict(f: FlowInfo) -> dict[str, Any]:
+    return {
+        "flow_id": f.flow_id,
+        "class": f.class_name,
+        "method": f.method_name,
+        "status": f.status,
+        "steps": f.steps,
+        "owner": f.owner,
+        "lease_until": f.lease_until,
+        "wake_at": f.wake_at,
+        "waiting_for": f.waiting_for,
+        "created": f.created,
+        "updated": f.updated,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _require_journal(args.db)
+    status = args.status.upper() if args.status else None
+    if status and status not in STATUSES:
+        raise UsageError(f"unknown status {args.status!r} (one of {', '.join(STATUSES)})")
+    engine = Engine(args.db)
+    try:
+        flows = engine.flows(status)
+    finally:
+        engine.close()
+
+    def text() -> str:
+        if not flows:
+            return "no flows" + (f" with status {status}" if status else "")
+        rows = []
+        for f in flows:
+            wait = (
+                f"signal {f.waiting_for}"
+                if f.waiting_for
+                else (f"wake {_when(f.wake_at)}" if f.wake_at else "")
+            )
+            rows.append(
+                [
+                    f.flow_id,
+                    f"{f.class_name}.{f.method_name}",
+                    f.status,
+                    str(f.steps),
+                    _age(f.created),
+                    f.owner or "",
+                    wait,
+                ]
+            )
+        return _table(["FLOW ID", "FLOW", "STATUS", "STEPS", "AGE", "OWNER", "WAITING/WAKE"], rows)
+
+    _emit(args, [_flow_dict(f) for f in flows], text)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _require_journal(args.db)
+    engine = Engine(args.db)
+    try:
+        steps = engine.steps(args.flow_id)
+        flow = next((f for f in engine.flows() if f.flow_id == args.flow_id), None)
+    finally:
+        engine.close()
+    out = []
+    for s in steps:
+        ctx = f"{args.flow_id}\x00{s.step}\x00".encode()
+        a_text, a_val = _decoded(s.parameters, ctx + b"p", args.unsafe_decode)
+        if s.parameters is not None and a_text and not a_text.startswith("<"):
+            a_text = _format_args(decode(s.parameters, ctx + b"p", hmac_key()))
+        r_text, r_val = _decoded(s.return_value, ctx + b"r", args.unsafe_decode)
+        out.append((s, a_text, a_val, r_text, r_val))
+
+    def step_dict(s: StepInfo, a_text: str, a_val: Any, r_text: str, r_val: Any) -> dict[str, Any]:
+        return {
+            "step": s.step,
+            "kind": s.kind,
+            "class": s.class_name,
+            "method": s.method_name,
+            "status": s.status,
+            "attempts": s.attempts,
+            "delay": s.delay,
+            "timestamp": s.timestamp,
+            "arguments": a_text,
+            "arguments_codec": codec_of(s.parameters),
+            "arguments_value": a_val,
+            "result": r_text,
+            "result_codec": codec_of(s.return_value),
+            "result_value": r_val,
+            "error": (s.error_text or "").strip().splitlines()[-1] if s.error_text else None,
+            "site": s.site,
+        }
+
+    def text() -> str:
+        head = f"flow {args.flow_id}"
+        if flow is not None:
+            head += f"  {flow.class_name}.{flow.method_name}  {flow.status}"
+        rows = []
+        for s, a_text, _, r_text, _ in out:
+            err = (s.error_text or "").strip().splitlines()[-1] if s.error_text else ""
+            rows.append(
+                [
+                    str(s.step),
+                    s.kind,
+                    f"{s.class_name}.{s.method_name}",
+                    s.status,
+                    str(s.attempts),
+                    "" if s.delay is None else f"{s.delay}ms",
+                    _when(s.timestamp),
+                    _short(a_text),
+                    _short(r_text),
+                    _short(err, 60),
+                ]
+            )
+        cols = [
+            "STEP",
+            "KIND",
+            "METHOD",
+            "STATUS",
+            "ATT",
+            "DELAY",
+            "TIMESTAMP",
+            "ARGUMENTS",
+            "RESULT",
+            "ERROR",
+        ]
+        return head + "\n" + _table(cols, rows)
+
+    data = {
+        "flow": _flow_dict(flow) if flow is not None else {"flow_id": args.flow_id},
+        "steps": [step_dict(*o) for o in out],
+    }
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    _require_journal(args.db)
+    values = [_parse_arg(a) for a in args.args]
+    _install(_flow_packages(args.db, "WHERE flow_id = ?", (args.flow_id,)))
+    engine = Engine(args.db)
+    try:
+        engine.signal(args.flow_id, args.step, *values)
+    finally:
+        engine.close()
+    _emit(
+        args,
+        {"flow_id": args.flow_id, "step": args.step, "args": values, "sent": True},
+        lambda: f"signal {args.step}{tuple(values)!r} stored for flow {args.flow_id}",
+    )
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    _require_journal(args.db)
+    engine = Engine(args.db)
+    try:
+        engine.cancel(args.flow_id)
+    except (FlowNotFoundError, JournalError):
+        raise
+    except TransparentDEError as exc:  # already finished: bad input, not a flow failure
+        raise UsageError(str(exc)) from None
+    finally:
+        engine.close()
+    _emit(args, {"flow_id": args.flow_id, "status": "CANCELLED"}, lambda: f"flow {args.flow_id} cancelled")
+    return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    _install(_flow_packages(args.db, "WHERE status IN ('PENDING', 'WAITING_FOR_SIGNAL')"))
+    engine = Engine(args.db)
+    results: list[dict[str, Any]] = []
+    code = EXIT_OK
+    try:
+        handles = engine.recover()
+        deadline = time.monotonic() + args.wait
+        for h in handles:
+            entry: dict[str, Any] = {"flow_id": h.id}
+            try:
+                value = h.result(timeout=max(0.0, deadline - time.monotonic()))
+                entry.update(status="COMPLETE", result=_jsonable(value))
+            except TimeoutError:
+                entry.update(status=h.status, result=None)
+            except (FlowFailedError, FlowCancelledError) as exc:
+                entry.update(status=h.status, error=str(exc))
+                code = EXIT_FAILED
+            except Exception as exc:  # the flow's own exception
+                entry.update(status=h.status, error=f"{type(exc).__name__}: {exc}")
+                code = EXIT_FAILED
+            results.append(entry)
+    finally:
+        engine.close()
+
+    def text() -> str:
+        if not results:
+            return "no unfinished flows to recover"
+        lines = [f"recovered {len(results)} flow(s):"]
+        for r in results:
+            detail = r.get("error") or (
+                "" if r.get("result") is None else json.dumps(r["result"], default=repr)
+            )
+            lines.append(f"  {r['flow_id']}  {r['status']}  {detail}".rstrip())
+        return "\n".join(lines)
+
+    _emit(args, results, text)
+    return code
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _install(_flow_packages(args.db))
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = signal_module.signal(signal_module.SIGINT, on_sigint)
+    signal_module.signal(signal_module.SIGTERM, on_sigint)
+    engine = Engine(args.db)
+    try:
+        if not args.json:
+            print(
+                f"worker on {args.db} ({'until idle' if args.until_idle else 'Ctrl-C to stop'})", flush=True
+            )
+        finished = engine.worker(stop, until_idle=args.until_idle)
+    finally:
+        signal_module.signal(signal_module.SIGINT, previous)
+        engine.close()
+    _emit(args, {"finished": finished}, lambda: f"worker stopped; {finished} flow(s) finished")
+    return EXIT_OK
+
+
+def _version_of(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    _require_journal(args.db)
+    problems: list[str] = []
+    report: dict[str, Any] = {"journal": os.path.abspath(args.db)}
+    try:
+        con = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            integrity = [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
+            counts: dict[str, int] = {}
+            if app_id == APPLICATION_ID:
+                counts = dict(con.execute("SELECT status, count(*) FROM flows GROUP BY status").fetchall())
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise UsageError(f"{args.db} is not a readable SQLite database: {exc}") from None
+    report.update(
+        application_id=app_id,
+        ours=app_id == APPLICATION_ID,
+        schema_version=version,
+        supported_schema=SCHEMA_VERSION,
+        integrity=integrity,
+        flows=counts,
+    )
+    if app_id != APPLICATION_ID:
+        problems.append(
+            f"not a transparent_de journal (application_id {app_id:#x}, ours is {APPLICATION_ID:#x})"
+        )
+    elif version > SCHEMA_VERSION:
+        problems.append(f"schema version {version} is newer than this version supports ({SCHEMA_VERSION})")
+    if integrity != ["ok"]:
+        problems.append("integrity_check: " + "; ".join(integrity[:5]))
+    hooks = [repr(f) for f in sys.meta_path if isinstance(f, _hook.FlowFinder)]
+    supported = _versions.PY in _versions.SUPPORTED
+    if not supported:
+        problems.append(f"Python {sys.version.split()[0]} is not supported")
+    report.update(
+        hooks=hooks,
+        python=sys.version.split()[0],
+        implementation=sys.implementation.name,
+        cache_tag=_hook.CACHE_TAG,
+        bytecode=_version_of("bytecode"),
+        dill=_version_of("dill"),
+        sqlite=sqlite3.sqlite_version,
+        interpreter_supported=supported,
+        problems=problems,
+    )
+
+    def text() -> str:
+        lines = [
+            f"journal      {report['journal']}",
+            f"ours         {'yes' if report['ours'] else 'NO'} (application_id {app_id:#x})",
+            f"schema       {version} (supported {SCHEMA_VERSION})",
+            f"integrity    {'ok' if integrity == ['ok'] else 'FAILED'}",
+            "flows        " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"),
+            "hooks        " + (", ".join(hooks) or "none installed in this process"),
+            f"python       {report['python']} ({sys.implementation.name}, cache tag {_hook.CACHE_TAG})",
+            f"supported    {'yes' if supported else 'NO'}",
+            f"bytecode     {report['bytecode']}",
+            f"dill         {report['dill']}",
+            f"sqlite       {report['sqlite']}",
+        ]
+        lines += [f"PROBLEM: {p}" for p in problems] or ["no problems found"]
+        return "\n".join(lines)
+
+    _emit(args, report, text)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    root = args.dir or os.getcwd()
+    if not os.path.isdir(root):
+        raise UsageError(f"{root!r} is not a directory")
+    tag = "cpython-*-tde*" if args.all_interpreters else f"{sys.implementation.cache_tag}-tde*"
+    pattern = f"*.{tag}.pyc"
+    removed = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if fnmatch.fnmatch(name, pattern):
+                path = os.path.join(dirpath, name)
+                os.remove(path)
+                removed.append(path)
+    _emit(
+        args,
+        {"removed": removed},
+        lambda: f"removed {len(removed)} cached rewrite(s) ({pattern}) under {root}",
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        help="journal path (default: $TRANSPARENT_DE_DB or transparent_de.db)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    parser = _Parser(
+        prog="transparent-de",
+        description="Run, inspect, signal, recover and cancel transparent_de flows.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("run", parents=[common], help="run a flow: MODULE:Class.method [args...]")
+    p.add_argument("target", metavar="MODULE:Class.method")
+    p.add_argument("args", nargs="*", help="arguments, parsed as JSON when valid JSON, else strings")
+    p.add_argument("--flow-id", help="flow id (same id = resume or the memoized result)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", parents=[common], help="list flows")
+    p.add_argument("--status", help=f"only flows with this status ({', '.join(STATUSES)})")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", parents=[common], help="show a flow's step log")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument(
+        "--unsafe-decode", action="store_true", help="also unpickle dill blobs (runs code from the journal)"
+    )
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("signal", parents=[common], help="send a signal to a waiting flow")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument("step", metavar="STEP")
+    p.add_argument("args", nargs="*", metavar="JSON_ARGS", help="arguments (JSON, else strings)")
+    p.set_defaults(func=cmd_signal)
+
+    p = sub.add_parser("recover", parents=[common], help="resume unfinished flows and wait for the due ones")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="wait at most this long (30)")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("worker", parents=[common], help="run recovery, timers and signals until Ctrl-C")
+    p.add_argument("--until-idle", action="store_true", help="stop once no flow is runnable")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel an unfinished flow")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("doctor", parents=[common], help="check the journal and the environment")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("cache", parents=[common], help="manage the rewritten-bytecode cache")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    cache_sub.required = True
+    c = cache_sub.add_parser("clear", parents=[common], help="delete our cached .pyc files under DIR")
+    c.add_argument("dir", nargs="?", metavar="DIR", help="directory to clean (default: current)")
+    c.add_argument("--all-interpreters", action="store_true", help="also other Python versions' cache files")
+    c.set_defaults(func=cmd_cache_clear)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "db"):
+        args.db = _default_db()
+    if not hasattr(args, "json"):
+        args.json = False
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"transparent-de: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FlowNotFoundError, SignalError, JournalError) as exc:
+        print(f"transparent-de: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FlowFailedError, FlowCancelledError) as exc:
+        print(f"transparent-de: flow failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except TransparentDEError as exc:
+        print(f"transparent-de: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("transparent-de: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.command != "run":
+            raise
+        print(f"transparent-de: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
