@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,9 @@ class Journal:
                 head = f.read(16)
             if head != SQLITE_HEADER:
                 raise NotADatabaseError(path=path)
+            # Look before touching: opening our way switches the file to WAL, which rewrites its
+            # header, so a foreign or too-new database is refused through a read-only connection.
+            self._refuse_foreign(path)
         else:
             # Create it ourselves with mode 0600: SQLite gives -wal/-shm the same mode.
             parent = os.path.dirname(path)
@@ -144,6 +148,27 @@ class Journal:
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # A schema only in the WAL is lost with the WAL; checkpoint it into the main file once.
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _refuse_foreign(self, path: str) -> None:
+        try:
+            ro = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._io_error("open", exc) from exc
+        try:
+            app_id = ro.execute("PRAGMA application_id").fetchone()[0]
+            version = ro.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise NotADatabaseError(path=path) from exc
+            raise self._io_error("open", exc) from exc
+        finally:
+            ro.close()
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
+        elif app_id != 0 or tables - OUR_TABLES or (tables and version != 0):
+            raise ForeignDatabaseError(path=path, application_id=app_id)
 
     def _migrate(self, con: sqlite3.Connection, version: int) -> None:
         """Bring an older schema up to date in one transaction (no older versions exist yet)."""

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import math
 import os
 import pickle
+import socket
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +51,29 @@ def _dill() -> Any:
     return dill
 
 
+#: Process-local resources dill would happily "pickle" into a fresh, unrelated object.
+_RESOURCES: tuple[type, ...] = (
+    type(threading.Lock()),
+    type(threading.RLock()),
+    io.IOBase,
+    socket.socket,
+)
+
+
+def _dill_dumps(value: Any) -> bytes:
+    dill = _dill()
+
+    class _Strict(dill.Pickler):  # type: ignore[misc, name-defined]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, _RESOURCES):
+                raise TypeError(f"cannot pickle {type(obj).__qualname__!r} object (a process-local resource)")
+            return NotImplemented
+
+    buf = io.BytesIO()
+    _Strict(buf, protocol=_PROTOCOL).dump(value)
+    return buf.getvalue()
+
+
 def hmac_key() -> bytes | None:
     key = os.environ.get("TRANSPARENT_DE_HMAC_KEY")
     return key.encode() if key else None
@@ -60,7 +86,7 @@ def encode(value: Any, context: bytes = b"", key: bytes | None = None) -> bytes:
         codec = CODEC_PICKLE
     except Exception:
         try:
-            payload = _dill().dumps(value, protocol=_PROTOCOL)
+            payload = _dill_dumps(value)
         except Exception as exc:
             raise EncodeError(f"{type(exc).__name__}: {exc}") from exc
         codec = CODEC_DILL
