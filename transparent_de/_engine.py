@@ -457,9 +457,11 @@ class Engine:
     def _schedule(self, fid: str, wake_at: int, waiting_for: str | None) -> None:
         self._ensure_threads()
         with self._lock:
-            if waiting_for is not None and not wake_at:
+            # A wait with a timeout is both: watched for its signal and timed for its deadline
+            # (only timing it left a signalled flow parked until the timeout).
+            if waiting_for is not None:
                 self._waiting.add(fid)
-            else:
+            if waiting_for is None or wake_at:
                 heapq.heappush(self._parked, (wake_at, fid))
             self._wakeup.notify_all()
 
@@ -472,6 +474,7 @@ class Engine:
                 due = []
                 while self._parked and self._parked[0][0] <= now:
                     due.append(heapq.heappop(self._parked)[1])
+                self._waiting.difference_update(due)  # a resumed flow re-parks (and re-registers) itself
                 waiting = list(self._waiting)
                 timeout = self.poll_interval
                 if self._parked:

@@ -1,0 +1,1 @@
+"""Example flows for examples/onboarding.py."""
