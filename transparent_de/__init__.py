@@ -33,7 +33,9 @@ from .errors import (
     FlowNotRewrittenError,
     NonDeterminismError,
     SerializationError,
+    SignalError,
     TransparentDEError,
+    WaitTimeoutError,
 )
 
 __version__ = "0.1.0.dev0"
@@ -47,8 +49,10 @@ __all__ = [
     "InstallHandle",
     "NonDeterminismError",
     "SerializationError",
+    "SignalError",
     "StepInfo",
     "TransparentDEError",
+    "WaitTimeoutError",
     "__version__",
     "cancel",
     "configure",

@@ -238,6 +238,11 @@ class Engine:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        # Join our threads, so that a fork() right after close() forks a single-threaded process.
+        for thread in (self._scheduler, self._heartbeat):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._scheduler = self._heartbeat = None
         if self._journal is not None:
             self._journal.close()
             self._journal = None
