@@ -99,6 +99,15 @@ class BoundStep:
     def __getattr__(self, item: str) -> Any:
         return getattr(getattr(self._obj, self._name), item)
 
+    # Found on the class before __getattr__ is asked: forward them to the method too.
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return getattr(self._obj, self._name).__doc__  # type: ignore[no-any-return]
+
+    @property
+    def __module__(self) -> str:  # type: ignore[override]
+        return getattr(self._obj, self._name).__module__  # type: ignore[no-any-return]
+
     def __repr__(self) -> str:
         return f"<journaled step {type(self._obj).__name__}.{self._name}>"
 
