@@ -1,0 +1,1 @@
+"""Example: an agent whose model calls are steps (a fake, offline model)."""
