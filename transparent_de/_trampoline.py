@@ -99,14 +99,11 @@ class BoundStep:
     def __getattr__(self, item: str) -> Any:
         return getattr(getattr(self._obj, self._name), item)
 
-    # Found on the class before __getattr__ is asked: forward them to the method too.
+    # Found on the class before __getattr__ is asked: forward it to the method too. (Not
+    # __module__: a property there would break the class's own repr and pickling.)
     @property
     def __doc__(self) -> str | None:  # type: ignore[override]
         return getattr(self._obj, self._name).__doc__  # type: ignore[no-any-return]
-
-    @property
-    def __module__(self) -> str:  # type: ignore[override]
-        return getattr(self._obj, self._name).__module__  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<journaled step {type(self._obj).__name__}.{self._name}>"
