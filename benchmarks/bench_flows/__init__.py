@@ -1,0 +1,1 @@
+"""Flow classes for the benchmarks (rewritten by ``transparent_de.install("bench_flows")``)."""
