@@ -210,7 +210,9 @@ class Run:
         row = self.rows.get(step)
         if row is not None:
             self._check(step, row, cls_name, name, fp)
-            if row.status == "COMPLETE":
+            if row.status == "COMPLETE" or (
+                row.status == "PENDING" and _faults.planted_bug == "replay-pending-as-complete"
+            ):
                 self.engine._debug_replay(self, step, name, "replayed")
                 return self._decode(row.return_value, step, b"r")
             if row.status == "FAILED":
