@@ -200,6 +200,8 @@ class Engine:
         self._closed = False
         self._pid = os.getpid()
         self._heartbeat: threading.Thread | None = None
+        # TDE_DEBUG=replay prints every replayed or executed step; read once, free when off.
+        self._debug = "replay" in os.environ.get("TDE_DEBUG", "").split(",")
 
     # ------------------------------------------------------------------ basics
 
@@ -254,7 +256,7 @@ class Engine:
         self.close()
 
     def _debug_replay(self, run: Run, step: int, name: str, what: str) -> None:
-        if "replay" in os.environ.get("TDE_DEBUG", "").split(","):
+        if self._debug:
             print(f"[tde replay] {run.flow_id} step {step} {name}: {what}", file=sys.stderr)
 
     # ------------------------------------------------------------------ public API

@@ -87,11 +87,23 @@ class RemoteError(Exception):
         return (RemoteError, (self.type_name, self.message))
 
 
+_declaring: dict[tuple[type, str], str] = {}
+
+
 def declaring_class(obj: Any, name: str) -> str:
-    for klass in type(obj).__mro__:
+    """``module.Qualname`` of the class in ``obj``'s MRO that defines ``name`` (cached: hot path)."""
+    key = (type(obj), name)
+    found = _declaring.get(key)
+    if found is None:
+        found = _declaring[key] = _find_declaring(type(obj), name)
+    return found
+
+
+def _find_declaring(cls: type, name: str) -> str:
+    for klass in cls.__mro__:
         if name in vars(klass):
             return f"{klass.__module__}.{klass.__qualname__}"
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Run:

@@ -145,8 +145,38 @@ def codec_of(blob: bytes | None) -> str | None:
 def fingerprint(value: Any) -> str:
     """A 16-hex-digit digest of ``value``'s canonical form, stable across processes."""
     h = hashlib.blake2b(digest_size=8)
-    _walk(value, h.update, set(), 0)
+    fast = _fast_call_args(value)
+    if fast is not None:
+        h.update(fast)
+    else:
+        _walk(value, h.update, set(), 0)
     return h.hexdigest()
+
+
+_FLAT = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _fast_call_args(value: Any) -> bytes | None:
+    """Canonical bytes of ``(args, kwargs)`` made only of flat values, or None.
+
+    The common case on the step path (ids, numbers, strings) costs one ``pickle.dumps``
+    (about 10x cheaper than the general walk). Pickle is canonical for these types (no
+    hash-seed or identity dependence) once keyword arguments are sorted. Whether a value
+    takes this path depends only on its types, so a value always gets the same digest.
+    """
+    if type(value) is not tuple or len(value) != 2:
+        return None
+    args, kwargs = value
+    if type(args) is not tuple or type(kwargs) is not dict:
+        return None
+    flat = _FLAT
+    for a in args:
+        if type(a) not in flat:
+            return None
+    for k, v in kwargs.items():
+        if type(k) is not str or type(v) not in flat:
+            return None
+    return b"P" + pickle.dumps((args, sorted(kwargs.items())), _PROTOCOL)
 
 
 def _walk(v: Any, out: Callable[[bytes], Any], seen: set[int], depth: int) -> None:
