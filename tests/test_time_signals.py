@@ -188,7 +188,7 @@ def test_sleep_survives_a_crash_and_only_the_rest_is_slept(engine, flow_module, 
 def test_parked_flows_hold_no_threads(engine, flow_module):
     m = flow_module(SLEEPY)
     base = threading.active_count()
-    n = 300
+    n = 1000  # the issue: 1,000 parked flows with a bounded thread count
     peak = [0]
     done = threading.Event()
 

@@ -1,0 +1,102 @@
+"""A flow runs in one place at a time: another thread or live process is refused, a dead one is not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import transparent_de
+from transparent_de.errors import FlowBusyError
+
+SOURCE = """
+import os, time
+
+class Slow:
+    __flow__ = "run"
+
+    def run(self, seconds):
+        self.started()
+        self.wait(seconds)
+        return "done"
+
+    def started(self):
+        open(os.environ["TDE_TEST_MARK"], "w").close()
+        return True
+
+    def wait(self, seconds):
+        time.sleep(float(os.environ.get("TDE_TEST_SLEEP", seconds)))  # inside a step: a plain sleep
+        return seconds
+"""
+
+
+def _wait_for_file(path: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_a_flow_running_in_another_live_process_is_refused(engine, flow_module, tmp_path, monkeypatch):
+    m = flow_module(SOURCE)
+    mark = tmp_path / "started"
+    monkeypatch.setenv("TDE_TEST_MARK", str(mark))
+    root = os.path.dirname(os.path.dirname(m.__file__))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); import transparent_de; "
+        f"transparent_de.install({m.__name__.split('.')[0]!r}); "
+        f"from {m.__name__} import Slow; "
+        "print(transparent_de.run(Slow().run, 3.0, flow_id='busy'))"
+    )
+    env = dict(os.environ, TRANSPARENT_DE_DB=engine.journal.path)
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        _wait_for_file(str(mark))
+        with pytest.raises(FlowBusyError) as info:
+            transparent_de.run(m.Slow().run, 3.0, flow_id="busy")
+        assert info.value.flow_id == "busy" and str(child.pid) in info.value.owner
+    finally:
+        out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0 and out.strip() == "done"
+    assert transparent_de.run(m.Slow().run, 3.0, flow_id="busy") == "done"  # memoized, nothing runs
+
+
+def test_a_flow_running_in_another_thread_is_refused(engine, flow_module, tmp_path, monkeypatch):
+    m = flow_module(SOURCE)
+    mark = tmp_path / "started"
+    monkeypatch.setenv("TDE_TEST_MARK", str(mark))
+    results: list[object] = []
+    t = threading.Thread(target=lambda: results.append(transparent_de.run(m.Slow().run, 1.0, flow_id="t")))
+    t.start()
+    _wait_for_file(str(mark))
+    with pytest.raises(FlowBusyError, match="this process"):
+        transparent_de.run(m.Slow().run, 1.0, flow_id="t")
+    t.join(timeout=20)
+    assert results == ["done"]
+
+
+def test_a_flow_whose_owner_was_killed_is_taken_over_at_once(engine, flow_module, tmp_path, monkeypatch):
+    m = flow_module(SOURCE)
+    mark = tmp_path / "started"
+    monkeypatch.setenv("TDE_TEST_MARK", str(mark))
+    root = os.path.dirname(os.path.dirname(m.__file__))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); import transparent_de; "
+        f"transparent_de.install({m.__name__.split('.')[0]!r}); "
+        f"from {m.__name__} import Slow; transparent_de.run(Slow().run, 30.0, flow_id='dead')"
+    )
+    env = dict(os.environ, TRANSPARENT_DE_DB=engine.journal.path, TDE_TEST_SLEEP="30")
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
+    _wait_for_file(str(mark))
+    child.kill()
+    child.wait(timeout=10)
+    # The lease is 30 s, but the owner's pid is dead on this host: no waiting for its expiry.
+    monkeypatch.setenv("TDE_TEST_SLEEP", "0.1")
+    started = time.monotonic()
+    (handle,) = [h for h in transparent_de.recover() if h.id == "dead"]
+    assert handle.result(timeout=10) == "done"
+    assert time.monotonic() - started < 5
