@@ -371,3 +371,69 @@ def install_this_package(module_name: str | None = None) -> InstallHandle:
         frame = sys._getframe(1)
         module_name = str(frame.f_globals.get("__package__") or frame.f_globals["__name__"])
     return install(module_name.split(".")[0])
+
+
+# --------------------------------------------------------------------------- __main__
+
+
+def run_main(target: str, argv: Sequence[str]) -> None:
+    """Run a script path or a module as ``__main__`` with its flow classes rewritten.
+
+    ``runpy`` would compile a script directly (bypassing the hook) and run a module's code
+    without ``exec_module`` (so nothing would finalize its classes). Here the code comes from
+    :func:`rewrite_source`, and every flow class of ``__main__`` is finalized the moment its
+    class statement completes, so an ``if __name__ == "__main__":`` block that calls a flow
+    right away is durable. Flows defined in ``__main__`` cannot be recovered by another program
+    (their class is not importable there): keep flows to recover in importable modules.
+    """
+    import builtins
+
+    if target.endswith(".py") or os.sep in target:
+        path = os.path.abspath(target)
+        sys.path.insert(0, os.path.dirname(path))
+        spec = None
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        install(target.split(".")[0])
+        spec = importlib.util.find_spec(target)
+        if spec is None or not spec.origin:
+            raise ImportError(f"no module named {target!r}")
+        if spec.submodule_search_locations is not None:  # a package: run its __main__
+            spec = importlib.util.find_spec(f"{target}.__main__")
+            if spec is None or not spec.origin:
+                raise ImportError(f"{target!r} is a package without __main__")
+        path = str(spec.origin)
+    with open(path, "rb") as f:
+        source = f.read()
+    found: dict[str, frozenset[str]] = {}
+    code = rewrite_source(source, path, cache=False, found=found)
+    main = ModuleType("__main__")
+    main.__dict__.update(
+        __file__=path,
+        __spec__=spec,
+        __loader__=spec.loader if spec else None,
+        __builtins__=builtins,
+        __package__=(spec.parent if spec else None),
+        **{V.RUNTIME_NAME: RUNTIME},
+    )
+    nd_globals = found.get("<nd_globals>", frozenset())
+    original_build_class = builtins.__build_class__
+
+    def build_class(func: Any, name: str, *bases: Any, **kw: Any) -> Any:
+        cls = original_build_class(func, name, *bases, **kw)
+        if isinstance(cls, type) and cls.__module__ == "__main__" and getattr(cls, "__flow__", None):
+            finalize_class(cls, found.get(cls.__qualname__), nd_globals)
+        return cls
+
+    saved_main, saved_argv = sys.modules.get("__main__"), sys.argv
+    sys.modules["__main__"] = main
+    sys.argv = [path, *argv]
+    builtins.__build_class__ = build_class  # type: ignore[assignment]
+    try:
+        exec(code, main.__dict__)
+    finally:
+        builtins.__build_class__ = original_build_class
+        sys.argv = saved_argv
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main

@@ -171,6 +171,13 @@ def _format_args(value: Any) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     target: str = args.target
+    if ":" not in target:
+        # A script or a module run as __main__, with its flows rewritten (like `python -m`).
+        try:
+            _hook.run_main(target, [str(a) for a in args.args])
+        except (ImportError, FileNotFoundError) as exc:
+            raise UsageError(f"cannot run {target!r}: {exc}") from None
+        return EXIT_OK
     module_name, sep, attr = target.partition(":")
     cls_name, dot, method = attr.rpartition(".")
     if not sep or not dot or not module_name or not cls_name or not method:
@@ -564,8 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("run", parents=[common], help="run a flow: MODULE:Class.method [args...]")
-    p.add_argument("target", metavar="MODULE:Class.method")
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a flow (MODULE:Class.method [args...]) or a script/module as __main__",
+    )
+    p.add_argument("target", metavar="MODULE:Class.method | MODULE | SCRIPT.py")
     p.add_argument("args", nargs="*", help="arguments, parsed as JSON when valid JSON, else strings")
     p.add_argument("--flow-id", help="flow id (same id = resume or the memoized result)")
     p.set_defaults(func=cmd_run)
