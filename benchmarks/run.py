@@ -196,10 +196,31 @@ def w_interception(cfg: dict[str, Any], out: dict[str, Any]) -> None:
         fn(n)
         return (time.perf_counter() - t0) / n * 1e9
 
+    from transparent_de._trampoline import current_run
+
+    class NoIORun:
+        """An active run whose steps are dispatched through the trampoline but not journaled."""
+
+        def __init__(self, obj: Any) -> None:
+            self.flow, self.in_step, self.steps = obj, False, frozenset({"step"})
+
+        def call_step(self, obj: Any, name: str, site: str, args: Any, kwargs: Any) -> Any:
+            return getattr(obj, name)(*args, **kwargs)
+
+    def dispatch_loop(m: int) -> int:
+        token = current_run.set(NoIORun(flow))  # type: ignore[arg-type]
+        try:
+            return flow._loop(m)
+        finally:
+            current_run.reset(token)
+
     r: dict[str, Any] = {"calls": n}
-    s: dict[str, list[float]] = {"rewritten_no_flow": [], "plain_method": [], "wrapper_function": []}
+    s: dict[str, list[float]] = {
+        "rewritten_no_flow": [], "dispatch_in_flow_no_io": [], "plain_method": [], "wrapper_function": []
+    }
     for _ in range(k):
         s["rewritten_no_flow"].append(timed(flow._loop))
+        s["dispatch_in_flow_no_io"].append(timed(dispatch_loop))
         s["plain_method"].append(timed(plain._loop))
         s["wrapper_function"].append(timed(wrapper_loop))
     for key, v in s.items():
@@ -525,6 +546,9 @@ def table(res: dict[str, Any]) -> str:
              "plain method " + fmt(ic["plain_method_ns"], "ns") + "; wrapper fn "
              + fmt(ic["wrapper_function_ns"], "ns"),
              f"{ic['rewritten_no_flow_ns']['median'] / ic['plain_method_ns']['median']:.1f}x plain"),
+            ("3. dispatch inside a flow, no I/O", fmt(ic["dispatch_in_flow_no_io_ns"], "ns"),
+             "plain method " + fmt(ic["plain_method_ns"], "ns"),
+             f"{ic['dispatch_in_flow_no_io_ns']['median'] / ic['plain_method_ns']['median']:.1f}x plain"),
             ("3. re-run of a completed flow id (memoized result)",
              fmt(ic["rerun_completed_us_per_step"]) + " per step", "", ""),
         ]
