@@ -23,6 +23,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Process exit status used for deliberate crashes, to tell them from real deaths.
 CRASH_EXIT_CODE = 77
@@ -73,6 +74,11 @@ _plan: FaultPlan | None = None
 
 #: Test-only switch for deliberately broken engine variants (the fuzz suite must catch each).
 planted_bug: str | None = os.environ.get("TDE_PLANTED_BUG") or None
+
+
+#: Test-only: where captured values come from (``(what, step, fn, args, kwargs) -> value``).
+#: The crash sweep makes them a function of the step number, so independent runs agree.
+capture_override: Callable[[str, int, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] | None = None
 
 
 def point(label: str) -> None:

@@ -169,15 +169,8 @@ def _format_args(value: Any) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    target: str = args.target
-    if ":" not in target:
-        # A script or a module run as __main__, with its flows rewritten (like `python -m`).
-        try:
-            _hook.run_main(target, [str(a) for a in args.args])
-        except (ImportError, FileNotFoundError) as exc:
-            raise UsageError(f"cannot run {target!r}: {exc}") from None
-        return EXIT_OK
+def _resolve_entry(target: str) -> Any:
+    """``MODULE:Class.method`` -> the bound entry ``Class().method``, with the hook installed."""
     module_name, sep, attr = target.partition(":")
     cls_name, dot, method = attr.rpartition(".")
     if not sep or not dot or not module_name or not cls_name or not method:
@@ -191,9 +184,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         for part in cls_name.split("."):
             cls = getattr(cls, part)
-        entry = getattr(cls(), method)
+        return getattr(cls(), method)
     except AttributeError as exc:
         raise UsageError(f"{target}: {exc}") from None
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    """Crash the flow at every crash point, recover it, and compare with an uncrashed run."""
+    from . import testing
+
+    entry = _resolve_entry(args.target)
+    values = [_parse_arg(a) for a in args.args]
+    tty = sys.stderr.isatty() and not args.json
+
+    def progress(k: int, n: int) -> None:
+        if tty:
+            width = 30
+            done = width * k // max(n, 1)
+            print(
+                f"\r  [{'#' * done}{'.' * (width - done)}] {k}/{n} crash points",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    report = testing.crash_sweep(entry, *values, max_points=args.max_points, progress=progress)
+    if tty:
+        print(file=sys.stderr)
+    passed = report.recoveries - len({f.split(":")[0] for f in report.failures})
+    failed = report.recoveries - passed
+    data = {
+        "target": args.target,
+        "crash_points": report.crash_points,
+        "crashes_injected": report.crashes_injected,
+        "recoveries": report.recoveries,
+        "failures": report.failures,
+    }
+
+    def text() -> str:
+        lines = [f"fuzz {args.target}: {report.summary()}"] + [f"  - {f}" for f in report.failures[:50]]
+        return "\n".join([*lines, f"{passed} passed, {failed} failed"])
+
+    _emit(args, data, text)
+    return EXIT_OK if not report.failures else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    target: str = args.target
+    if ":" not in target:
+        # A script or a module run as __main__, with its flows rewritten (like `python -m`).
+        try:
+            _hook.run_main(target, [str(a) for a in args.args])
+        except (ImportError, FileNotFoundError) as exc:
+            raise UsageError(f"cannot run {target!r}: {exc}") from None
+        return EXIT_OK
+    entry = _resolve_entry(target)
     flow_id = args.flow_id or uuid.uuid4().hex
     values = [_parse_arg(a) for a in args.args]
     engine = Engine(args.db)
@@ -580,6 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", help="arguments, parsed as JSON when valid JSON, else strings")
     p.add_argument("--flow-id", help="flow id (same id = resume or the memoized result)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "fuzz",
+        parents=[common],
+        help="crash a flow at every crash point and check it recovers: MODULE:Class.method",
+    )
+    p.add_argument("target", metavar="MODULE:Class.method")
+    p.add_argument("args", nargs="*", help="arguments, parsed as JSON when valid JSON, else strings")
+    p.add_argument("--max-points", type=int, default=None, help="stop after this many crash points")
+    p.set_defaults(func=cmd_fuzz)
 
     p = sub.add_parser("list", parents=[common], help="list flows")
     p.add_argument("--status", help=f"only flows with this status ({', '.join(STATUSES)})")

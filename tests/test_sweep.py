@@ -1,0 +1,85 @@
+"""transparent_de.testing.crash_sweep / assert_recovers on a user's own flow."""
+
+from __future__ import annotations
+
+import pytest
+
+from transparent_de import _faults
+from transparent_de.testing import assert_recovers, crash_sweep
+
+SOURCE = """
+import time, uuid
+
+class Checkout:
+    __flow__ = "run"
+
+    def run(self, n):
+        key = str(uuid.uuid4())
+        total = 0
+        for i in range(n):
+            total += self.price(i)
+        try:
+            self.flaky_discount()
+        except ValueError:
+            total -= 1
+        return self.charge(total, key)[0]
+
+    def price(self, i):
+        return 10 * (i + 1)
+
+    def flaky_discount(self):
+        raise ValueError("no discount today")
+
+    def charge(self, total, key):
+        return (total, len(key))
+"""
+
+
+def test_every_crash_point_recovers_to_the_same_result(flow_module, tmp_path):
+    m = flow_module(SOURCE)
+    seen = []
+    report = assert_recovers(m.Checkout().run, 3, workdir=str(tmp_path), progress=lambda k, n: seen.append(k))
+    assert report.crash_points >= 20 and report.crashes_injected == report.crash_points
+    assert report.recoveries == report.crash_points and seen == list(range(1, report.crash_points + 1))
+    assert {"step.intent.after_commit", "step.result.mid_txn", "flow.complete.mid_txn"} <= set(report.labels)
+
+
+def test_the_sweep_catches_a_broken_engine(flow_module, tmp_path, monkeypatch):
+    m = flow_module(SOURCE)
+    monkeypatch.setattr(_faults, "planted_bug", "replay-pending-as-complete")
+    report = crash_sweep(m.Checkout().run, 2, workdir=str(tmp_path))
+    assert report.failures, report.summary()
+    with pytest.raises(AssertionError, match="divergences"):
+        assert_recovers(m.Checkout().run, 2, workdir=str(tmp_path / "again"), max_points=12)
+
+
+def test_cli_fuzz_runs_the_sweep_on_a_users_flow(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    pkg = tmp_path / "sweepcli"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "flows.py").write_text(textwrap.dedent(SOURCE))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transparent_de",
+            "fuzz",
+            "sweepcli.flows:Checkout.run",
+            "2",
+            "--max-points",
+            "15",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TRANSPARENT_DE_DB=str(tmp_path / "unused.db")),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "15 passed, 0 failed"
+    assert "divergences 0" in out.stdout
