@@ -493,7 +493,12 @@ class Engine:
                 due += ready
             for fid in due:
                 if fid not in self._active:
-                    self._submit(fid, functools.partial(self._resume, fid))
+                    try:
+                        self._submit(fid, functools.partial(self._resume, fid))
+                    except TransparentDEError:
+                        if self._closed:
+                            return  # close() raced with a due flow: it stays parked in the journal
+                        raise
             with self._lock:
                 if not self._closed:
                     self._wakeup.wait(timeout)
