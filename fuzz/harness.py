@@ -8,6 +8,8 @@ to check it after the last child is gone.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import importlib
 import itertools
 import os
@@ -17,7 +19,7 @@ import sqlite3
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -38,16 +40,40 @@ class Stats:
     lost_flows: int = 0
     duplicate_effects: int = 0
     corrupt_journals: int = 0
+    power_loss_states: int = 0
+    swept: int = 0  # crash schedules run by the exhaustive sweep
+    planted_caught: int = 0
 
     def line(self) -> str:
         return (
             f"fuzz: flows run {self.flows}, crash points hit {self.crash_points}, crashes injected "
-            f"{self.crashes}, divergences {self.divergences}, lost flows {self.lost_flows}, "
-            f"duplicate committed effects {self.duplicate_effects}, corrupt journals {self.corrupt_journals}"
+            f"{self.crashes}, sweep schedules {self.swept}, power-loss states {self.power_loss_states}, "
+            f"divergences {self.divergences}, lost flows {self.lost_flows}, duplicate committed effects "
+            f"{self.duplicate_effects}, corrupt journals {self.corrupt_journals}, planted bugs caught "
+            f"{self.planted_caught}"
         )
 
 
 STATS = Stats()
+
+
+@contextlib.contextmanager
+def planted_bug(name: str) -> Iterator[None]:
+    """Switch a planted engine bug on; what it makes fail is not counted in :data:`STATS`.
+
+    The violations a planted bug causes are the point of the exercise, so the summary line
+    reports only how many bugs were caught, and keeps counting real runs.
+    """
+    saved = dataclasses.replace(STATS)
+    _faults.planted_bug = name
+    try:
+        yield
+    finally:
+        _faults.planted_bug = None
+        caught = STATS.planted_caught
+        for f in dataclasses.fields(Stats):
+            setattr(STATS, f.name, getattr(saved, f.name))
+        STATS.planted_caught = caught
 
 
 class PropertyFailure(AssertionError):
@@ -79,6 +105,9 @@ def oracle(source: str, workdir: str) -> Oracle:
     ns: dict[str, Any] = {"__name__": "fuzz_oracle"}
     exec(compile(source, "<fuzz-oracle>", "exec"), ns)
     ns["EFFECTS"] = effects
+    signals: collections.deque[Any] = collections.deque()
+    ns["SIGNAL"] = lambda flow_id, step, *args: signals.append(args)
+    ns["wait_for"] = lambda step, timeout=None: step(*signals.popleft())
     for _ in range(3):
         before = len(_effects(effects))
         try:
@@ -119,10 +148,67 @@ class Outcome:
     status: str  # "ok", "crash", "error"
     value: Any = None
     trace: list[str] = field(default_factory=list)
+    synced: int = 0  # record_acks: WAL bytes covered by the last fsync of the WAL
+    acks: list[dict[Any, Any]] = field(default_factory=list)  # record_acks: completed rows at the last ack
 
 
-def run_in_child(module: ModuleType, db: str, workdir: str, at: int | None, planted: str | None) -> Outcome:
-    """Run (or resume) the flow in a forked child with ``FaultPlan(at=at)``."""
+class _AckPlan(_faults.FaultPlan):
+    """Records, at every point that follows a ``sync()``, the completed rows made durable so far.
+
+    The intent commit is not synced in ``full`` mode (losing it only re-runs the step), so the
+    points after it are not acknowledgements.
+    """
+
+    ACKS = frozenset(
+        {
+            "step.result.after_commit",
+            "step.error.after_commit",
+            "flow.complete.after_commit",
+            "sleep.after_deadline_written",
+            "signal.wait.after_write",
+        }
+    )
+    db: str = ""
+    acks: list[dict[Any, Any]]
+
+    def hit(self, label: str) -> None:
+        if label in self.ACKS:
+            from fuzz.powerloss import _completed, read_state
+
+            self.acks[:] = [_completed(read_state(self.db)[1])]
+        super().hit(label)
+
+
+def _watch_fsync(wal: str, synced: list[int]) -> None:
+    """In a child: remember how many WAL bytes each ``os.fsync`` of the WAL made durable."""
+    real = os.fsync
+
+    def fsync(fd: Any) -> None:
+        real(fd)
+        st = os.fstat(fd)
+        try:
+            w = os.stat(wal)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == (w.st_dev, w.st_ino):
+            synced[0] = st.st_size
+
+    os.fsync = fsync
+
+
+def run_in_child(
+    module: ModuleType,
+    db: str,
+    workdir: str,
+    at: int | None,
+    planted: str | None,
+    durability: str = "process",
+    record_acks: bool = False,
+) -> Outcome:
+    """Run (or resume) the flow in a forked child with ``FaultPlan(at=at)``.
+
+    A crash is ``os._exit`` with the journal left open, as a kill would leave it.
+    """
     out = os.path.join(workdir, "outcome.pickle")
     if os.path.exists(out):
         os.unlink(out)
@@ -134,16 +220,25 @@ def run_in_child(module: ModuleType, db: str, workdir: str, at: int | None, plan
         try:
             if planted is not None:
                 _faults.planted_bug = planted
-            plan = _faults.FaultPlan(at=at)
+            plan: _faults.FaultPlan
+            synced = [0]
+            if record_acks:
+                plan = _AckPlan(at=at)
+                plan.db, plan.acks = db, []
+                _watch_fsync(db + "-wal", synced)
+            else:
+                plan = _faults.FaultPlan(at=at)
 
             def crash(label: str, hit: int) -> None:
+                acks = getattr(plan, "acks", [])
                 with open(out, "wb") as f:
-                    pickle.dump(Outcome("crash", None, list(plan.trace)), f)
+                    pickle.dump(Outcome("crash", None, list(plan.trace), synced[0], acks), f)
                 os._exit(_faults.CRASH_EXIT_CODE)
 
             plan.action = crash
             _faults.install(plan)
-            engine = transparent_de.Engine(database=db, durability="process")
+            engine = transparent_de.Engine(database=db, durability=durability)
+            module.SIGNAL = engine.signal  # type: ignore[attr-defined]
             try:
                 result = engine.run(module.Flow().run, flow_id=FLOW_ID)
                 outcome = Outcome("ok", result, list(plan.trace))
@@ -170,16 +265,37 @@ def run_in_child(module: ModuleType, db: str, workdir: str, at: int | None, plan
 
 # ---------------------------------------------------------------- the property
 
+_prepared: dict[str, tuple[Oracle, ModuleType]] = {}
 
-def count_points(source: str, planted: str | None = None) -> int:
+
+def prepare(source: str) -> tuple[Oracle, ModuleType]:
+    """The oracle's outcome and the module imported through the hook, once per source.
+
+    Both are deterministic in the source, and every durable run happens in a forked child
+    that cannot change the parent's module, so the sweep's hundreds of runs of one flow share
+    them (the children only get a fresh journal and effects file each).
+    """
+    if source not in _prepared:
+        if len(_prepared) > 16:
+            _prepared.clear()
+        workdir = tempfile.mkdtemp(prefix="tdefuzz-prep-")
+        try:
+            _prepared[source] = (oracle(source, workdir), load_module(source, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return _prepared[source]
+
+
+
+def count_points(source: str, planted: str | None = None, durability: str = "process") -> int:
     """Crash points hit by one fault-free run of the flow (a counting FaultPlan)."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
     try:
-        module = load_module(source, workdir)
+        module = prepare(source)[1]
         module.EFFECTS = os.path.join(workdir, "effects")  # type: ignore[attr-defined]
         db = os.path.join(workdir, "journal.db")
         for _ in range(3):
-            outcome = run_in_child(module, db, workdir, None, planted)
+            outcome = run_in_child(module, db, workdir, None, planted, durability)
             if outcome.status == "ok":
                 return len(outcome.trace)
         raise PropertyFailure(f"fault-free run did not complete: {outcome.value}")
@@ -187,20 +303,19 @@ def count_points(source: str, planted: str | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check(source: str, schedule: list[int], planted: str | None = None) -> None:
+def check(source: str, schedule: list[int], planted: str | None = None, durability: str = "process") -> None:
     """Crash at each hit number in ``schedule`` (one per run), then finish; assert the properties."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
     STATS.flows += 1
     try:
-        orc = oracle(source, workdir)
-        module = load_module(source, workdir)
+        orc, module = prepare(source)
         effects = os.path.join(workdir, "effects")
         module.EFFECTS = effects  # type: ignore[attr-defined]
         db = os.path.join(workdir, "journal.db")
         crashes = 0
         outcomes: list[Outcome] = []
         for at in [*schedule, None, None, None]:
-            outcome = run_in_child(module, db, workdir, at, planted)
+            outcome = run_in_child(module, db, workdir, at, planted, durability)
             outcomes.append(outcome)
             STATS.crash_points += len(outcome.trace)
             if outcome.status == "crash":
@@ -244,7 +359,8 @@ def _check_journal(db: str, orc: Oracle, outcomes: list[Outcome]) -> None:
         seq = [
             (m, s)
             for m, s in con.execute(
-                "SELECT method_name, status FROM execution_log WHERE flow_id = ? AND kind = 'step' ORDER BY step",
+                "SELECT method_name, status FROM execution_log WHERE flow_id = ? AND kind IN ('step', 'signal') "
+                "ORDER BY step",
                 (FLOW_ID,),
             )
         ]
@@ -281,21 +397,29 @@ def _check_effects(path: str, orc: Oracle, interruptions: int) -> None:
 def sweep(
     source: str,
     planted: str | None = None,
-    on_fail: Callable[[int, Exception], None] | None = None,
+    on_fail: Callable[[Any, Exception], None] | None = None,
     stop_at_first: bool = False,
+    durability: str = "process",
+    pairs: bool = False,
 ) -> int:
-    """Single crash at every crash point k of ``source``; returns how many k failed (k=0: no crash)."""
+    """A crash at every crash point k of ``source``, one per run; returns how many runs failed.
+
+    With ``pairs`` every schedule ``[k1, k2]`` is run: a crash at k1, then a crash at the
+    k2-th point of the recovering run (a crash during recovery), then recovery.
+    """
     try:
-        n = count_points(source, planted)
+        n = count_points(source, planted, durability)
     except PropertyFailure as exc:
         STATS.divergences += 1
         if on_fail is not None:
             on_fail(0, exc)
         return 1
     failed = 0
-    for k in range(1, n + 1):
+    schedules = [[k1, k2] for k1 in range(1, n + 1) for k2 in range(1, n + 1)] if pairs else [[k] for k in range(1, n + 1)]
+    for k in schedules:
+        STATS.swept += 1
         try:
-            check(source, [k], planted)
+            check(source, k, planted, durability)
         except PropertyFailure as exc:
             failed += 1
             if on_fail is not None:

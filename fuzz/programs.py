@@ -18,6 +18,8 @@ import random
 import time
 
 EFFECTS = None
+SIGNAL = None  # set by the harness: engine.signal in a durable run, a queue in the oracle
+from transparent_de import wait_for
 
 
 def _effect(line):
@@ -59,6 +61,15 @@ class Flow:
         _effect("cap|%s|()" % sid)
         return sid
 
+    def ask(self, sid):
+        _effect("ask|%s|()" % sid)
+        SIGNAL("fuzz-flow", "answer", sid)
+        return sid
+
+    def answer(self, sid):
+        _effect("answer|%s|()" % sid)
+        return sid * 2
+
     def flaky(self, sid):
         due = _flaky_due(str(sid))
         _effect("flaky|%s|()" % sid)
@@ -85,11 +96,19 @@ def _ind(lines: list[str], n: int) -> list[str]:
 
 
 @st.composite
-def statement(draw: Any, sid: Any, depth: int = 0) -> list[str]:
-    """One statement of flow code (several lines); ``r`` is the result list."""
-    kinds = ["call", "call", "kw", "alias", "try", "capture", "helper", "comp"]
+def statement(draw: Any, sid: Any, depth: int = 0, once: set[str] | None = None) -> list[str]:
+    """One statement of flow code (several lines); ``r`` is the result list.
+
+    A signal round trip (a step sends the signal, ``wait_for`` takes it) appears at most once
+    per program and never in a loop: a crash inside ``ask`` sends its signal again (steps are
+    at-least-once), and a second wait would take the duplicate.
+    """
+    once = set() if once is None else once
+    kinds = ["call", "call", "kw", "alias", "try", "capture", "helper", "comp", "sleep"]
     if depth == 0:
         kinds += ["loop", "if"]
+        if "signal" not in once:
+            kinds.append("signal")
     kind = draw(st.sampled_from(kinds))
     step = draw(st.sampled_from(STEPS))
     n = next(sid)
@@ -111,6 +130,11 @@ def statement(draw: Any, sid: Any, depth: int = 0) -> list[str]:
     if kind == "capture":
         fn = draw(st.sampled_from(["random.random()", "time.time()"]))
         return [f"t = {fn}", f"r.append(self.cap({n}, t))"]
+    if kind == "sleep":
+        return [f"time.sleep({draw(st.sampled_from([0, 0.001, 0.01]))})", f"r.append(self.s0({n}))"]
+    if kind == "signal":
+        once.add("signal")
+        return [f"self.ask({n})", "r.append(wait_for(self.answer, timeout=30))"]
     if kind == "helper":
         return [f"r.append(self._h({n}, {draw(values)!r}))"]
     if kind == "comp":
@@ -118,12 +142,12 @@ def statement(draw: Any, sid: Any, depth: int = 0) -> list[str]:
         return [f"r.extend([self.{step}({n}, j) for j in range({k})])"]
     if kind == "loop":
         k = draw(st.integers(0, 3))
-        body = draw(statement(sid, depth + 1))
+        body = draw(statement(sid, depth + 1, once))
         return [f"for i{n} in range({k}):", f"    r.append(self.{step}({n}, i{n}))", *_ind(body, 1)]
     # if-branch on an earlier result
     mod = draw(st.integers(2, 3))
-    then = draw(statement(sid, depth + 1))
-    other = draw(statement(sid, depth + 1))
+    then = draw(statement(sid, depth + 1, once))
+    other = draw(statement(sid, depth + 1, once))
     return [f"if len(repr(r)) % {mod} == 0:", *_ind(then, 1), "else:", *_ind(other, 1)]
 
 
@@ -131,9 +155,10 @@ def statement(draw: Any, sid: Any, depth: int = 0) -> list[str]:
 def flow_programs(draw: Any, max_statements: int = 6) -> str:
     """Source of a module with class ``Flow`` whose ``run()`` is the flow entry."""
     sid = itertools.count(1)
+    once: set[str] = set()
     body: list[str] = []
     for _ in range(draw(st.integers(1, max_statements))):
-        body += draw(statement(sid))
+        body += draw(statement(sid, 0, once))
     helper_step = draw(st.sampled_from(STEPS))
     lines = [
         PRELUDE,
@@ -185,6 +210,33 @@ FIXED: dict[str, str] = {
             "        t = random.random()",
             "        r.append(self.cap(6, t))",
             "        return r",
+            "",
+        ]
+    ),
+    "timers": "\n".join(
+        [
+            PRELUDE,
+            "    def run(self):",
+            "        r = [self.s0(1)]",
+            "        time.sleep(0.01)",
+            "        r.append(self.ask(2))",
+            "        r.append(wait_for(self.answer, timeout=30))",
+            "        r.append(self.cap(3, time.time()))",
+            "        try:",
+            "            self.boom(4)",
+            "        except ValueError as e:",
+            "            r.append(str(e))",
+            "        time.sleep(0)",
+            "        return r + [self.s2(5, k=r[-1])]",
+            "",
+        ]
+    ),
+    # The flow's retry policy: flaky() fails once and is retried at once, in the same run.
+    "retry": "\n".join(
+        [
+            PRELUDE.replace('__flow__ = "run"', '__flow__ = {"entries": ("run",), "retries": 2, "backoff": 0.0}'),
+            "    def run(self):",
+            "        return [self.s0(1), self.flaky(2), self.s1(3, 'x')]",
             "",
         ]
     ),

@@ -1,14 +1,21 @@
-"""The crash-recovery property over random flow programs, the exhaustive sweep, planted bugs."""
+"""The crash-recovery suite: random flows x crashes, the exhaustive sweep, power loss, several
+workers, and planted bugs that the suite must catch (the proof that it can fail).
+
+Example counts follow the Hypothesis profile (``HYPOTHESIS_PROFILE=dev|ci|nightly``, see
+``conftest.py``); the other tests scale from it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz import harness, programs
+from fuzz import harness, powerloss, programs, stateful
+
+EXAMPLES = settings.default.max_examples
 
 
 @given(source=programs.flow_programs(), data=st.data())
@@ -18,21 +25,88 @@ def test_random_flows_survive_crashes(source: str, data: Any) -> None:
     harness.check(source, schedule)
 
 
-@pytest.mark.parametrize("name", ["branchy", "flaky"])
-def test_sweep_every_crash_point(name: str) -> None:
+SWEEP = [(name, d) for name in programs.FIXED for d in ("process", "full")]
+
+
+@pytest.mark.parametrize(("name", "durability"), SWEEP)
+def test_sweep_every_crash_point(name: str, durability: str) -> None:
     failures: list[str] = []
-    harness.sweep(programs.FIXED[name], on_fail=lambda k, e: failures.append(f"k={k}: {e}"))
+    harness.sweep(programs.FIXED[name], on_fail=lambda k, e: failures.append(f"k={k}: {e}"), durability=durability)
     assert not failures, "\n".join(failures[:5])
 
 
-PLANTED = ("forget-attempts", "failed-stays-failed", "replay-pending-as-complete")
+@pytest.mark.parametrize("name", ["flaky", "retry"])
+def test_sweep_every_pair_of_crash_points(name: str) -> None:
+    """A crash, then a crash while recovering, at every pair of points of a short flow."""
+    failures: list[str] = []
+    harness.sweep(programs.FIXED[name], on_fail=lambda k, e: failures.append(f"k={k}: {e}"), pairs=True)
+    assert not failures, "\n".join(failures[:5])
 
 
-@pytest.mark.parametrize("bug", PLANTED)
-def test_planted_bug_is_detected(bug: str) -> None:
-    detected = 0
-    for name in ("flaky", "branchy", "linear"):
-        detected += harness.sweep(programs.FIXED[name], planted=bug, stop_at_first=True)
-        if detected:
-            break
-    assert detected, f"planted bug {bug!r} was not detected by the sweep"
+@pytest.mark.parametrize(("name", "durability"), SWEEP)
+def test_power_loss_fixed_flows(name: str, durability: str) -> None:
+    report = powerloss.check(programs.FIXED[name], durability=durability)
+    assert report.states > 10 and report.recoveries > 3
+
+
+@settings(max_examples=max(5, EXAMPLES // 3))
+@given(source=programs.flow_programs(), data=st.data(), durability=st.sampled_from(["process", "full"]))
+def test_power_loss_random_flows(source: str, data: Any, durability: str) -> None:
+    """Crash a random flow at a random point, then cut its WAL everywhere and recover from each state."""
+    n = harness.count_points(source, durability=durability)
+    at = data.draw(st.integers(1, n), label="crash point")
+    seed = data.draw(st.integers(0, 2**16), label="cut seed")
+    powerloss.check(source, crash_at=at, durability=durability, seed=seed, recover_every=3)
+
+
+TestWorkers = stateful.Flows.TestCase
+TestWorkers.settings = settings(max_examples=max(3, EXAMPLES // 20), stateful_step_count=12)
+
+
+def test_a_live_owner_is_never_overtaken() -> None:
+    stateful.live_owner_check()
+
+
+# ----------------------------------------------------------------- planted bugs
+
+
+def _sweep_catches(bug: str, durability: str = "process") -> bool:
+    with harness.planted_bug(bug):
+        for name in ("flaky", "branchy", "linear", "timers"):
+            if harness.sweep(programs.FIXED[name], planted=bug, stop_at_first=True, durability=durability):
+                return True
+    return False
+
+
+def _power_loss_catches(bug: str) -> bool:
+    with harness.planted_bug(bug):
+        try:
+            powerloss.check(programs.FIXED["linear"], durability="full", planted=bug)
+        except harness.PropertyFailure:
+            return True
+    return False
+
+
+def _live_owner_catches(bug: str) -> bool:
+    with harness.planted_bug(bug):
+        try:
+            stateful.live_owner_check(bug)
+        except harness.PropertyFailure:
+            return True
+    return False
+
+
+PLANTED = {
+    "replay-pending-as-complete": _sweep_catches,  # a PENDING step replayed as if it had completed
+    "complete-before-run": _sweep_catches,  # the step marked COMPLETE before its body ran
+    "forget-attempts": _sweep_catches,  # a resumed flow does not count its attempt
+    "failed-stays-failed": _sweep_catches,  # an escaped failure is replayed instead of retried
+    "skip-sync": _power_loss_catches,  # durability="full" forgets its fsync
+    "steal-live-lease": _live_owner_catches,  # a flow owned by a live process is taken over
+}
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_planted_bug_is_caught(bug: str) -> None:
+    assert PLANTED[bug](bug), f"planted bug {bug!r} was not caught: the suite cannot see that kind of failure"
+    harness.STATS.planted_caught += 1

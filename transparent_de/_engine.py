@@ -298,7 +298,13 @@ class Engine:
             if fid in self._active:
                 handles.append(self._handle(fid))
                 continue
-            if owner is not None and owner != self.owner and owner_alive(owner) and (lease_until or 0) > now:
+            if (
+                owner is not None
+                and owner != self.owner
+                and owner_alive(owner)
+                and (lease_until or 0) > now
+                and _faults.planted_bug != "steal-live-lease"
+            ):
                 continue  # a live engine owns it
             handles.append(self._handle(fid))
             self._schedule(fid, wake_at or 0, waiting)
@@ -683,6 +689,7 @@ class Engine:
                         and owner != self.owner
                         and owner_alive(owner)
                         and (lease_until or 0) > t
+                        and _faults.planted_bug != "steal-live-lease"
                     ):
                         raise FlowBusyError(
                             flow_id=fid, owner=owner if fid not in self._active else "this process"

@@ -5,16 +5,16 @@ global load and a comparison. The test toolkit and the fuzz suite install a plan
 hits and, at a chosen hit, kills the process (``os._exit``), raises :class:`InjectedCrash`
 (a ``BaseException``: user ``except Exception`` cannot swallow it) or calls back.
 
-Labels (documented in docs/fuzzing.md)::
+Labels (documented in docs/fuzzing.md), in the order a step meets them::
 
     flow.start.before_insert  flow.start.after_commit
     step.enter  step.intent.before_write  step.intent.mid_txn  step.intent.after_commit
-    step.body  step.result.before_write  step.result.mid_txn  step.result.after_commit
+    (the body runs)  step.result.before_write  step.result.mid_txn  step.result.after_commit
     step.error.mid_txn  step.error.after_commit  step.retry.before_backoff
-    capture.before_flush  sleep.after_deadline_written  sleep.wake.before_commit
+    sleep.after_deadline_written  sleep.wake.before_commit
     signal.wait.after_write  signal.deliver.mid_txn  signal.send.mid_txn
     flow.complete.before  flow.complete.mid_txn  flow.complete.after_commit
-    recovery.after_scan  recovery.after_claim
+    journal.commit (before every COMMIT)  recovery.after_scan
 """
 
 from __future__ import annotations

@@ -280,6 +280,11 @@ class Run:
                         "WHERE flow_id = ? AND step = ?",
                         (now_ms(), self.flow_id, step),
                     )
+                if _faults.planted_bug == "complete-before-run":
+                    con.execute(
+                        "UPDATE execution_log SET status = 'COMPLETE', return_value = ? WHERE flow_id = ? AND step = ?",
+                        (self._encode(None, step, name, "the result", b"r"), self.flow_id, step),
+                    )
                 _faults.point("step.intent.mid_txn")
             _faults.point("step.intent.after_commit")
             self.engine._debug_replay(self, step, name, "executing")
