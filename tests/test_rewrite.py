@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import itertools
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -392,12 +393,8 @@ def test_subclass_and_inherited_steps(engine, flow_module):
     assert names == ["step", "fetch", "extra"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a wrapped entry reached through super() (or Base.run(sub)) with no flow active starts a "
-    "flow dispatched by name, so the subclass's run() runs instead of the base's",
-)
 def test_super_entry_without_flow(engine, flow_module):
+    """A base class's entry reached with no flow active runs the base's function, and so does its resume."""
     m = flow_module(
         PRELUDE
         + textwrap.dedent(
@@ -415,6 +412,19 @@ def test_super_entry_without_flow(engine, flow_module):
         )
     )
     assert m.Base.run(m.F()) == ["base"]
+    assert m.F().run() == ["base", "sub"]
+    # Step 0 records the class that declares the entry function (as the seed's class_name does).
+    declared = sorted(engine.steps(f.flow_id)[0].class_name.rpartition(".")[2] + ":" + f.flow_id for f in engine.flows())
+    assert [d.partition(":")[0] for d in declared] == ["Base", "F"]
+    base_id = declared[0].partition(":")[2]
+    # Resumed from the journal alone (a fresh instance), the same base function runs again.
+    con = sqlite3.connect(engine.database)
+    with con:
+        con.execute("UPDATE flows SET status='PENDING' WHERE flow_id=?", (base_id,))
+        con.execute("UPDATE execution_log SET status='PENDING' WHERE flow_id=? AND step=0", (base_id,))
+    con.close()
+    (handle,) = engine.recover()
+    assert handle.result(timeout=10) == ["base"]
 
 
 def test_classmethod_staticmethod_property(engine, flow_module):

@@ -70,9 +70,38 @@ def spec_of(obj: Any) -> FlowSpec:
     return spec
 
 
-def entry_function(obj: Any, name: str) -> Callable[..., Any]:
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def entry_function(obj: Any, name: str, declaring: str | None = None) -> Callable[..., Any]:
+    """The plain function behind entry ``name`` of ``obj`` (the one defined on ``declaring``, if given).
+
+    A base class's entry reached through ``super().run()`` or ``Base.run(obj)`` is a different
+    function from the subclass's ``run``: the journal records which (step 0's ``class_name``)
+    so that a resumed flow runs the same one.
+    """
+    if declaring is not None:
+        for klass in type(obj).__mro__:
+            if _qualified(klass) == declaring and name in vars(klass):
+                fn = vars(klass)[name]
+                return getattr(fn, "__tde_entry__", fn)  # type: ignore[no-any-return]
     fn = getattr(type(obj), name)
     return getattr(fn, "__tde_entry__", fn)  # type: ignore[no-any-return]
+
+
+def entry_owner(obj: Any, name: str, fn: Callable[..., Any]) -> str:
+    """``module.Qualname`` of the class that defines entry function ``fn`` (the seed's declaring class)."""
+    mro = type(obj).__mro__
+    owner = getattr(fn, "__qualname__", "").rpartition(".")[0]
+    for klass in mro:
+        if klass.__qualname__ == owner and klass.__module__ == getattr(fn, "__module__", None):
+            return _qualified(klass)
+    for klass in mro:  # renamed or decorated: the first class whose attribute resolves to it
+        v = vars(klass).get(name)
+        if v is not None and getattr(v, "__tde_entry__", v) is fn:
+            return _qualified(klass)
+    return _qualified(type(obj))
 
 
 @dataclass(frozen=True)
@@ -263,23 +292,23 @@ class Engine:
 
     def run(self, entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any) -> Any:
         """Run (or resume, or return the memoized result of) a flow on this thread."""
-        obj, name = _bound_entry(entry)
-        return self._run_entry(obj, name, args, kwargs, flow_id, background=False)
+        obj, name, fn = _bound_entry(entry)
+        return self._run_entry(obj, name, args, kwargs, flow_id, background=False, fn=fn)
 
     def start(
         self, entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any
     ) -> FlowHandle:
         """Start (or resume) a flow in the background; long sleeps and waits park it."""
-        obj, name = _bound_entry(entry)
+        obj, name, fn = _bound_entry(entry)
         spec_of(obj)
         fid = _check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
         # Create the rows now, so the flow exists (and can be signalled) when start() returns.
-        state = self._claim(obj, name, args, kwargs, fid, create_only=True)
+        state = self._claim(obj, name, args, kwargs, fid, create_only=True, fn=fn)
         handle = self._handle(fid)
         if state is not None:
             handle._set(*state)
             return handle
-        self._submit(fid, lambda: self._run_entry(obj, name, args, kwargs, fid, background=True))
+        self._submit(fid, lambda: self._run_entry(obj, name, args, kwargs, fid, background=True, fn=fn))
         return handle
 
     def recover(self) -> list[FlowHandle]:
@@ -541,13 +570,13 @@ class Engine:
     def _resume(self, fid: str) -> Any:
         """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
         row = self.journal.read(
-            "SELECT f.module, f.qualname, f.method_name, f.instance, e.parameters FROM flows f "
+            "SELECT f.module, f.qualname, f.method_name, f.instance, e.parameters, e.class_name FROM flows f "
             "JOIN execution_log e ON e.flow_id = f.flow_id AND e.step = 0 WHERE f.flow_id = ?",
             (fid,),
         )
         if not row:
             raise FlowNotFoundError(flow_id=fid, path=self.journal.path)
-        module, qualname, method, instance_blob, params = row[0]
+        module, qualname, method, instance_blob, params, declaring = row[0]
         where = lambda: {"path": self.journal.path, "flow_id": fid, "step": 0}  # noqa: E731
         cls = _resolve_class(module, qualname, required=True)
         key = hmac_key()
@@ -556,7 +585,8 @@ class Engine:
         else:
             obj = cls()
         args, kwargs = decode(params, f"{fid}\x000\x00".encode() + b"p", key, where)
-        return self._run_entry(obj, method, tuple(args), dict(kwargs), fid, background=True)
+        fn = entry_function(obj, method, declaring)
+        return self._run_entry(obj, method, tuple(args), dict(kwargs), fid, background=True, fn=fn)
 
     def _runnable(self, fid: str) -> bool:
         rows = self.journal.read("SELECT wake_at, waiting_for, status FROM flows WHERE flow_id = ?", (fid,))
@@ -607,6 +637,7 @@ class Engine:
         kwargs: dict[str, Any],
         fid: str,
         create_only: bool = False,
+        fn: Callable[..., Any] | None = None,
     ) -> tuple[bool, Any] | tuple[int, dict[int, Row]] | None:
         """Create the flow, or claim it for this engine. Returns a final outcome if it is finished.
 
@@ -617,6 +648,7 @@ class Engine:
         ctx = f"{fid}\x000\x00".encode()
         fp = fingerprint((args, kwargs))
         cls = type(obj)
+        entry_cls = entry_owner(obj, name, fn or entry_function(obj, name))
         try:
             params = encode((args, kwargs), ctx + b"p", key)
         except EncodeError as exc:
@@ -663,14 +695,14 @@ class Engine:
                 con.execute(
                     "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, "
                     "parameters, kind, fingerprint, updated) VALUES (?, 0, ?,?,?, 'PENDING', ?, 'flow', ?, ?)",
-                    (fid, t, spec.class_name, name, params, fp, t),
+                    (fid, t, entry_cls, name, params, fp, t),
                 )
                 rows: dict[int, Row] = {}
             else:
                 status, owner, lease_until, fence, rec_cls, rec_method, rec_fp = row
                 if status in ("COMPLETE", "FAILED", "CANCELLED"):
                     pass  # handled after the transaction
-                elif (rec_cls, rec_method) != (spec.class_name, name) or (
+                elif (rec_cls, rec_method) != (entry_cls, name) or (
                     rec_fp is not None and rec_fp != fp
                 ):
                     raise NonDeterminismError(
@@ -678,7 +710,7 @@ class Engine:
                         flow_class=spec.class_name,
                         step=0,
                         recorded=f"{rec_cls}.{rec_method}(<args {rec_fp}>)",
-                        current=f"{spec.class_name}.{name}(<args {fp}>)",
+                        current=f"{entry_cls}.{name}(<args {fp}>)",
                         reason="this flow id was started with another entry or other arguments",
                     )
                 elif create_only:
@@ -731,10 +763,15 @@ class Engine:
         kwargs: dict[str, Any],
         flow_id: str | None,
         background: bool,
+        fn: Callable[..., Any] | None = None,
     ) -> Any:
+        """Run entry ``name`` of ``obj`` as flow ``flow_id``; ``fn`` is the exact entry function
+        (a base class's, when reached through ``super()``), by default the most derived one."""
         spec = spec_of(obj)
         fid = _check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
-        claimed = self._claim(obj, name, tuple(args), dict(kwargs), fid)
+        if fn is None:
+            fn = entry_function(obj, name)
+        claimed = self._claim(obj, name, tuple(args), dict(kwargs), fid, fn=fn)
         if claimed is not None and isinstance(claimed[0], bool):
             ok, value = claimed
             if ok:
@@ -745,7 +782,6 @@ class Engine:
         fence, rows = claimed
         assert isinstance(rows, dict)
         run = Run(self, fid, obj, spec, int(fence), rows, background)
-        fn = entry_function(obj, name)
         token = current_run.set(run)
         try:
             try:
@@ -860,7 +896,7 @@ def _escaped_step(run: Run, exc: BaseException) -> int | None:
     return None
 
 
-def _bound_entry(entry: Any) -> tuple[Any, str]:
+def _bound_entry(entry: Any) -> tuple[Any, str, Callable[..., Any]]:
     obj = getattr(entry, "__self__", None)
     func = getattr(entry, "__func__", None)
     if obj is None or func is None:
@@ -872,7 +908,7 @@ def _bound_entry(entry: Any) -> tuple[Any, str]:
             f"{spec.class_name}.{name} is not an entry of the flow (entries: {sorted(spec.entries)}); "
             "list it in __flow__ to start flows with it"
         )
-    return obj, name
+    return obj, name, getattr(func, "__tde_entry__", func)
 
 
 def _resolve_class(module: str, qualname: str, required: bool) -> Any:

@@ -291,10 +291,10 @@ def _wrap_entry(cls: type, name: str) -> None:
         if run is not None:
             if run.flow is self or run.in_step:
                 return original(self, *args, **kwargs)
-            return run.child_flow(self, name, args, kwargs)
+            return run.child_flow(self, name, args, kwargs, original)
         from . import _api
 
-        return _api.default_engine()._run_entry(self, name, args, kwargs, None, background=False)
+        return _api.default_engine()._run_entry(self, name, args, kwargs, None, background=False, fn=original)
 
     entry.__tde_entry__ = original  # type: ignore[attr-defined]
     entry.__tde_name__ = name  # type: ignore[attr-defined]

@@ -514,7 +514,9 @@ class Run:
 
     # ------------------------------------------------------------------ child flows
 
-    def child_flow(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def child_flow(
+        self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[..., Any]
+    ) -> Any:
         """An entry of another flow called from flow-level code: a child flow, journaled as one step.
 
         The child's id is ``<parent id>.<step>``, so a re-run of the parent resumes the same child.
@@ -534,7 +536,7 @@ class Run:
         def call() -> Any:
             token = current_run.set(None)
             try:
-                return self.engine._run_entry(obj, name, args, kwargs, child_id, background=False)
+                return self.engine._run_entry(obj, name, args, kwargs, child_id, background=False, fn=fn)
             finally:
                 current_run.reset(token)
 
