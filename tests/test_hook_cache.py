@@ -1,0 +1,109 @@
+"""Our own pyc cache in its corner cases, the debug dump, and the refusal of unknown interpreters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import transparent_de
+from transparent_de import _hook
+from transparent_de import _versions as V
+from transparent_de.errors import UnsupportedPythonError
+
+SOURCE = b"""
+class F:
+    __flow__ = "run"
+
+    def run(self, x):
+        return self.step(x) + 1
+
+    def step(self, x):
+        return x * 2
+"""
+
+
+@pytest.fixture
+def writable_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PYTHONDONTWRITEBYTECODE=1 may be set here: without this no cache file is ever written.
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+
+
+def _module(tmp_path: Path) -> Path:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    src = pkg / "flows.py"
+    src.write_bytes(SOURCE)
+    return src
+
+
+def _rewritten(code: object) -> bool:
+    """Does the compiled module hold a rewritten flow method (one that reads ``__tde__``)?"""
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        if V.RUNTIME_NAME in getattr(c, "co_names", ()):
+            return True
+        stack += [k for k in getattr(c, "co_consts", ()) if hasattr(k, "co_names")]
+    return False
+
+
+def test_cache_is_keyed_by_rewriter_version(tmp_path: Path, writable_bytecode: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _module(tmp_path)
+    pyc = Path(_hook.cache_path(str(src)))
+    code = _hook.rewrite_source(SOURCE, str(src))
+    assert _rewritten(code) and pyc.exists()
+    first = pyc.read_bytes()
+    assert _hook._read_cache(str(pyc), SOURCE) is not None  # a hit
+
+    # A new rewriter format (or bytecode release, or capture table) changes the key: a miss,
+    # then the file is rewritten with the new key.
+    monkeypatch.setattr(_hook, "_cache_key", lambda: b"newer-fm")
+    assert _hook._read_cache(str(pyc), SOURCE) is None
+    assert _rewritten(_hook.rewrite_source(SOURCE, str(src)))
+    assert pyc.read_bytes() != first
+    assert pyc.read_bytes()[16:24] == b"newer-fm"
+
+
+def test_unwritable_cache_dir_still_rewrites(tmp_path: Path, writable_bytecode: None) -> None:
+    src = _module(tmp_path)
+    (src.parent / "__pycache__").write_text("a file where the cache directory would go")
+    code = _hook.rewrite_source(SOURCE, str(src))
+    assert _rewritten(code)
+    assert (src.parent / "__pycache__").is_file()  # untouched, and no temp files left behind
+    assert sorted(p.name for p in src.parent.iterdir()) == ["__pycache__", "flows.py"]
+
+
+def test_dont_write_bytecode_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    src = _module(tmp_path)
+    assert _rewritten(_hook.rewrite_source(SOURCE, str(src)))
+    assert not (src.parent / "__pycache__").exists()
+
+
+def test_debug_rewrite_prints_dis_before_and_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TDE_DEBUG", "rewrite")
+    src = _module(tmp_path)
+    _hook.rewrite_source(SOURCE, str(src), cache=False)
+    err = capsys.readouterr().err
+    assert "--- transparent_de: F.run before" in err or "--- transparent_de: run before" in err
+    before, _, after = err.partition("after")
+    assert V.RUNTIME_NAME not in before and V.RUNTIME_NAME in after
+
+
+def test_debug_off_prints_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("TDE_DEBUG", raising=False)
+    _hook.rewrite_source(SOURCE, str(_module(tmp_path)), cache=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("version", [(3, 9), (3, 14)])
+def test_unknown_interpreter_is_refused_at_install(monkeypatch: pytest.MonkeyPatch, version: tuple[int, int]) -> None:
+    monkeypatch.setattr(V, "PY", version)
+    before = list(sys.meta_path)
+    with pytest.raises(UnsupportedPythonError, match=r"supports CPython 3\.10, 3\.11, 3\.12, 3\.13"):
+        transparent_de.install("anything")
+    assert sys.meta_path == before  # nothing was hooked
