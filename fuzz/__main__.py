@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(harness.STATS, fld.name, getattr(harness.STATS, fld.name) + getattr(stats, fld.name))
     # Hypothesis stops a job at its first failure (then shrinks it): count the examples of the
     # jobs that finished clean as passed, one failure per failed job.
-    passed = sum(n for n, ok in zip(shares, results) if ok)
+    passed = sum(n for n, ok in zip(shares, results, strict=True) if ok)
     failed = results.count(False)
     print(harness.STATS.line())
     print(f"took {time.monotonic() - start:.1f}s, seed {args.seed}, jobs {len(results)}")

@@ -277,6 +277,12 @@ def prepare(source: str) -> tuple[Oracle, ModuleType]:
     """
     if source not in _prepared:
         if len(_prepared) > 16:
+            # Forget the old modules too: a fork copies the whole process, so a parent that
+            # kept every generated module would fork ever more slowly over a long run.
+            for _orc, old in _prepared.values():
+                pkg = old.__name__.rpartition(".")[0]
+                sys.modules.pop(old.__name__, None)
+                sys.modules.pop(pkg, None)
             _prepared.clear()
         workdir = tempfile.mkdtemp(prefix="tdefuzz-prep-")
         try:

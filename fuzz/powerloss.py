@@ -22,6 +22,7 @@ cut at every frame boundary and at one random offset inside every frame, and che
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -120,7 +121,7 @@ def _completed(log: State) -> dict[tuple[str, int], tuple[Any, ...]]:
 
 def check_history(states: list[State]) -> None:
     """A COMPLETE row never changes at any later commit, and no row disappears."""
-    for before, after in zip(states, states[1:]):
+    for before, after in itertools.pairwise(states):
         later = {(r[0], r[1]): r for r in after}
         for key, row in _completed(before).items():
             if later.get(key) != row:
@@ -256,7 +257,7 @@ def _check_acknowledged(db: str, wal_bytes: bytes, outcome: harness.Outcome, wor
     durable = outcome.synced
     acked = outcome.acks[-1]
     for cut in sorted({durable, len(wal_bytes)}):
-        ok, log, flows = read_state(materialize(db, wal_bytes, cut, os.path.join(workdir, "ack")))
+        ok, log, _flows = read_state(materialize(db, wal_bytes, cut, os.path.join(workdir, "ack")))
         shutil.rmtree(os.path.join(workdir, "ack"))
         STATS.power_loss_states += 1
         have = _completed(log)
