@@ -100,3 +100,73 @@ def test_a_flow_whose_owner_was_killed_is_taken_over_at_once(engine, flow_module
     (handle,) = [h for h in transparent_de.recover() if h.id == "dead"]
     assert handle.result(timeout=10) == "done"
     assert time.monotonic() - started < 5
+
+
+GATED = """
+import threading
+
+GATE = threading.Event()
+ENTERED = threading.Event()
+
+class Gated:
+    __flow__ = "run"
+
+    def run(self):
+        first = self.first()
+        return [first, self.second()]
+
+    def first(self):
+        ENTERED.set()
+        GATE.wait(20)
+        return 1
+
+    def second(self):
+        return 2
+"""
+
+
+def test_a_process_that_lost_its_flow_cannot_commit_into_it(engine, flow_module):
+    """Fencing: once another owner claimed the flow, this one's next write is refused, nothing lands."""
+    import sqlite3
+
+    from transparent_de._journal import LeaseLost
+
+    m = flow_module(GATED)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            transparent_de.run(m.Gated().run, flow_id="fenced")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert m.ENTERED.wait(20)
+    con = sqlite3.connect(engine.journal.path)
+    with con:  # what another process's claim does: a new owner, a new fencing token
+        con.execute("UPDATE flows SET owner='elsewhere:1:x', fence=fence+1 WHERE flow_id='fenced'")
+    m.GATE.set()
+    t.join(20)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost)
+    rows = con.execute("SELECT step, status FROM execution_log WHERE flow_id='fenced' ORDER BY step").fetchall()
+    con.close()
+    assert rows == [(0, "PENDING"), (1, "PENDING")], "the result of step 1 must not have been committed"
+
+
+def test_many_threads_write_one_journal_without_busy_errors(engine, flow_module):
+    """24 flows on pool threads write one journal at once: every step lands, every result is right."""
+    m = flow_module(
+        """
+class Count:
+    __flow__ = "run"
+
+    def run(self, n):
+        return sum(self.step(i) for i in range(n))
+
+    def step(self, i):
+        return i
+"""
+    )
+    handles = [transparent_de.start(m.Count().run, 30, flow_id=f"c{i}") for i in range(24)]
+    assert [h.result(timeout=60) for h in handles] == [435] * 24

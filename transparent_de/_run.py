@@ -139,6 +139,9 @@ class Run:
     # ------------------------------------------------------------------ helpers
 
     def _ctx(self, step: int, kind: bytes) -> bytes:
+        """The row identity a signed blob is bound to (unused, so not built, without a key)."""
+        if self.key is None:
+            return b""
         return f"{self.flow_id}\x00{step}\x00".encode() + kind
 
     def _encode(self, value: Any, step: int, method: str, what: str, kind: bytes) -> bytes:
@@ -200,6 +203,7 @@ class Run:
             self.pending = []
 
     def write(self) -> Any:
+        """A fenced write transaction of this flow (it renews the flow's lease)."""
         return self.journal.write(self.fence_token, self.engine.lease_ms)
 
     def foreign_thread_call(self, name: str) -> None:
@@ -225,10 +229,12 @@ class Run:
             if row.status == "COMPLETE" or (
                 row.status == "PENDING" and _faults.planted_bug == "replay-pending-as-complete"
             ):
-                self.engine._debug_replay(self, step, name, "replayed")
+                if self.engine._debug:
+                    self.engine._debug_replay(self, step, name, "replayed")
                 return self._decode(row.return_value, step, b"r")
             if row.status == "FAILED":
-                self.engine._debug_replay(self, step, name, "replayed failure")
+                if self.engine._debug:
+                    self.engine._debug_replay(self, step, name, "replayed failure")
                 raise self._replay_failure(step, row)
         return self._execute(
             step, cls_name, name, site, args, kwargs, fp, row, lambda: getattr(obj, name)(*args, **kwargs)
@@ -287,7 +293,8 @@ class Run:
                     )
                 _faults.point("step.intent.mid_txn")
             _faults.point("step.intent.after_commit")
-            self.engine._debug_replay(self, step, name, "executing")
+            if self.engine._debug:
+                self.engine._debug_replay(self, step, name, "executing")
             self.in_step = True
             try:
                 result = call()
