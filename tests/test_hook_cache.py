@@ -107,3 +107,27 @@ def test_unknown_interpreter_is_refused_at_install(monkeypatch: pytest.MonkeyPat
     with pytest.raises(UnsupportedPythonError, match=r"supports CPython 3\.10, 3\.11, 3\.12, 3\.13"):
         transparent_de.install("anything")
     assert sys.meta_path == before  # nothing was hooked
+
+
+def test_import_and_a_cache_hit_never_import_bytecode(tmp_path: Path) -> None:
+    """``bytecode`` (15-20 ms to import) is needed only to rewrite: not to import us, nor on a hit."""
+    import os
+    import subprocess
+
+    src = _module(tmp_path)
+    (src.parent / "__init__.py").write_text("")
+    script = (
+        "import sys, transparent_de\n"
+        "before = 'bytecode' in sys.modules\n"
+        f"sys.path.insert(0, {str(tmp_path)!r}); transparent_de.install('pkg')\n"
+        "import pkg.flows\n"
+        "print(before, 'bytecode' in sys.modules, hasattr(pkg.flows.F, '__tde_spec__'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "TRANSPARENT_DE_CACHE")}
+
+    def run() -> str:
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert run() == "False True True"  # a miss: the rewrite needs bytecode
+    assert run() == "False False True"  # a hit: it does not

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._rewrite import ND_ATTRS, ND_MODULES
+from ._trampoline import ND_ATTRS, ND_MODULES
 
 OPTION_KEYS = frozenset({"entries", "retries", "backoff", "max_backoff", "retry_on", "failure"})
 

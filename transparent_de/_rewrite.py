@@ -27,48 +27,7 @@ from typing import Any
 from bytecode import Bytecode, Instr
 
 from . import _versions as V
-
-#: Attribute names of functions whose results are captured in flow-level code. The runtime
-#: decides by identity (is this really ``time.time``?); the rewriter only pre-selects sites.
-ND_ATTRS: frozenset[str] = frozenset(
-    {
-        "time",
-        "time_ns",
-        "monotonic",
-        "monotonic_ns",
-        "perf_counter",
-        "perf_counter_ns",
-        "sleep",
-        "now",
-        "utcnow",
-        "today",
-        "random",
-        "randint",
-        "randrange",
-        "choice",
-        "choices",
-        "sample",
-        "shuffle",
-        "uniform",
-        "gauss",
-        "getrandbits",
-        "triangular",
-        "normalvariate",
-        "expovariate",
-        "randbytes",
-        "uuid1",
-        "uuid4",
-        "urandom",
-        "token_bytes",
-        "token_hex",
-        "token_urlsafe",
-        "randbelow",
-        "randbits",
-    }
-)
-
-#: Modules whose ``from M import f`` bindings are captured when ``f`` is in :data:`ND_ATTRS`.
-ND_MODULES: frozenset[str] = frozenset({"time", "random", "uuid", "os", "secrets", "datetime"})
+from ._trampoline import ND_ATTRS  # one table of captured names for the rewriter and the runtime
 
 
 @dataclass(frozen=True)

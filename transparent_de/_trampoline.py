@@ -62,6 +62,15 @@ def _capture_table() -> dict[Any, str]:
 
 CAPTURED: dict[Any, str] = _capture_table()
 
+#: Attribute names the rewriter pre-selects as capture sites, whatever the receiver (the
+#: runtime then decides by identity: is this really ``time.time``?). Derived from the table,
+#: so the two cannot drift apart; kept here, not in the rewriter, so that importing
+#: transparent_de (and a cache hit) never imports :mod:`bytecode`.
+ND_ATTRS: frozenset[str] = frozenset(v.rpartition(".")[2] for v in CAPTURED.values())
+
+#: Modules whose module-level ``from M import f`` bindings are captured when ``f`` is in :data:`ND_ATTRS`.
+ND_MODULES: frozenset[str] = frozenset(v.partition(".")[0] for v in CAPTURED.values())
+
 
 def captured_name(fn: Any) -> str | None:
     try:
