@@ -424,20 +424,30 @@ def w_payloads(cfg: dict[str, Any], out: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- DBOS (own venv)
 
 DBOS_CHILD = r'''
-import json, os, sys, tempfile, time, statistics
-import sqlalchemy as sa
-from sqlalchemy import event
-wal = sys.argv[3] if len(sys.argv) > 3 else ""
+# One DBOS program, three modes (argv[1]):
+#   throughput N REPS [WAL]: µs per workflow of N trivial steps, REPS times (WAL: force WAL + that sync)
+#   crash DB N WFID:         run workflow WFID of N steps and os._exit(1) inside its last step
+#   recover DB N WFID:       launch DBOS (which recovers WFID) and time process start -> SUCCESS
+import json, os, sys, tempfile, time
+T0 = time.perf_counter()
+mode = sys.argv[1]
+if mode == "throughput":
+    n, reps, wal = int(sys.argv[2]), int(sys.argv[3]), (sys.argv[4] if len(sys.argv) > 4 else "")
+    db, steps = os.path.join(tempfile.mkdtemp(prefix="dbos-bench-"), "sys.sqlite"), 0
+else:
+    db, steps, wfid, wal = sys.argv[2], int(sys.argv[3]), sys.argv[4], ""
 if wal:
+    import sqlalchemy as sa
+    from sqlalchemy import event
     @event.listens_for(sa.engine.Engine, "connect")
     def _p(c, rec):
         cur = c.cursor(); cur.execute("PRAGMA journal_mode=WAL"); cur.execute(f"PRAGMA synchronous={wal}"); cur.close()
-from dbos import DBOS
-n, reps = int(sys.argv[1]), int(sys.argv[2])
-d = tempfile.mkdtemp(prefix="dbos-bench-")
-DBOS(config={"name": "tdebench", "system_database_url": f"sqlite:///{d}/sys.sqlite", "log_level": "WARNING"})
+from dbos import DBOS, SetWorkflowID
+DBOS(config={"name": "tdebench", "system_database_url": f"sqlite:///{db}", "log_level": "WARNING"})
 @DBOS.step()
 def step(i: int) -> int:
+    if mode == "crash" and i == steps - 1:
+        os._exit(1)
     return i + 1
 @DBOS.workflow()
 def flow(m: int) -> int:
@@ -445,17 +455,29 @@ def flow(m: int) -> int:
     for i in range(m):
         acc += step(i)
     return acc
-DBOS.launch()
-flow(2)
-flows = 5
-out = []
-for _ in range(reps):
-    t0 = time.perf_counter()
-    for _ in range(flows):
-        flow(n)
-    out.append((time.perf_counter() - t0) / flows * 1e6)
-DBOS.destroy()
-print("JSON " + json.dumps(out))
+DBOS.launch()  # in recover mode this recovers the pending workflow
+if mode == "throughput":
+    flow(2)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            flow(n)
+        out.append((time.perf_counter() - t0) / 5 * 1e6)
+    DBOS.destroy()
+    print("JSON " + json.dumps(out))
+elif mode == "crash":
+    with SetWorkflowID(wfid):
+        flow(steps)
+    sys.exit(3)
+else:
+    while True:
+        st = DBOS.get_workflow_status(wfid)
+        if st is not None and st.status == "SUCCESS":
+            break
+        time.sleep(0.0005)
+    print("JSON " + json.dumps({"start_to_success_ms": (time.perf_counter() - T0) * 1e3}))
+    os._exit(0)  # DBOS.destroy() waits ~1 s for its threads: not part of recovery
 '''
 
 
@@ -489,7 +511,8 @@ def w_dbos(cfg: dict[str, Any], out: dict[str, Any], step_cost: dict[str, Any]) 
     n, k = cfg["n"], cfg["reps"]
     r: dict[str, Any] = {"n": n}
     for label, wal in (("defaults", ""), ("wal_normal", "NORMAL")):
-        p = subprocess.run([py, "-c", DBOS_CHILD, str(n), str(k), wal], capture_output=True, text=True, timeout=300)
+        p = subprocess.run([py, "-c", DBOS_CHILD, "throughput", str(n), str(k), wal], capture_output=True, text=True,
+                           timeout=300)
         line = [x for x in p.stdout.splitlines() if x.startswith("JSON ")]
         if p.returncode or not line:
             r[label] = {"error": (p.stderr or p.stdout)[-500:]}
@@ -558,39 +581,6 @@ def w_imports(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     out["imports"] = r
 
 
-DBOS_RECOVERY = r'''
-import json, os, sys, time
-T0 = time.perf_counter()
-from dbos import DBOS, SetWorkflowID
-mode, db, steps, wfid = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-DBOS(config={"name": "tdebench", "system_database_url": f"sqlite:///{db}", "log_level": "WARNING"})
-@DBOS.step()
-def step(i: int) -> int:
-    if mode == "crash" and i == steps - 1:
-        os._exit(1)
-    return i + 1
-@DBOS.workflow()
-def flow(m: int) -> int:
-    acc = 0
-    for i in range(m):
-        acc += step(i)
-    return acc
-if mode == "crash":
-    DBOS.launch()
-    with SetWorkflowID(wfid):
-        flow(steps)
-    sys.exit(3)
-DBOS.launch()  # recovers the pending workflow
-while True:
-    st = DBOS.get_workflow_status(wfid)
-    if st is not None and st.status == "SUCCESS":
-        break
-    time.sleep(0.0005)
-print("JSON " + json.dumps({"start_to_success_ms": (time.perf_counter() - T0) * 1e3}))
-os._exit(0)  # DBOS.destroy() waits ~1 s for its threads: not part of recovery
-'''
-
-
 def w_dbos_recovery(cfg: dict[str, Any], out: dict[str, Any]) -> None:
     """DBOS on SQLite: a workflow dies in step k+1; a fresh process launches DBOS -> SUCCESS."""
     py, note = dbos_python(allow_install=not cfg.get("quick"))
@@ -602,12 +592,12 @@ def w_dbos_recovery(cfg: dict[str, Any], out: dict[str, Any]) -> None:
         samples = []
         for _ in range(cfg["reps"]):
             db, wfid = _db(), "wf-" + uuid.uuid4().hex
-            p = subprocess.run([py, "-c", DBOS_RECOVERY, "crash", db, str(k + 1), wfid], capture_output=True,
+            p = subprocess.run([py, "-c", DBOS_CHILD, "crash", db, str(k + 1), wfid], capture_output=True,
                                text=True, timeout=600)
             if p.returncode != 1:
                 r[str(k)] = {"error": p.stderr[-300:]}
                 break
-            p = subprocess.run([py, "-c", DBOS_RECOVERY, "recover", db, str(k + 1), wfid], capture_output=True,
+            p = subprocess.run([py, "-c", DBOS_CHILD, "recover", db, str(k + 1), wfid], capture_output=True,
                                text=True, timeout=600)
             line = [x for x in p.stdout.splitlines() if x.startswith("JSON ")]
             if not line:
