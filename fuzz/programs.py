@@ -12,6 +12,17 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+#: Generated flows record every execution of a step as one line appended to ``EFFECTS`` (an
+#: ``O_APPEND`` write that a kill cannot lose), so executions are counted across processes.
+EFFECT_HELPER = """
+def _effect(line):
+    fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\\n").encode())
+    finally:
+        os.close(fd)
+"""
+
 PRELUDE = """
 import os
 import random
@@ -22,12 +33,7 @@ SIGNAL = None  # set by the harness: engine.signal in a durable run, a queue in 
 from transparent_de import wait_for
 
 
-def _effect(line):
-    fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
+""" + EFFECT_HELPER + """
 
 
 def _flaky_due(key):

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import transparent_de
-from fuzz import harness
+from fuzz import harness, programs
 from fuzz.harness import STATS, PropertyFailure
 from transparent_de import _faults
 
@@ -37,12 +37,7 @@ EFFECTS = None
 HOLD = None  # a path: reserve() waits while it exists (to hold a flow inside a step)
 
 
-def _effect(line):
-    fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
+''' + programs.EFFECT_HELPER + '''
 
 
 class Order:
