@@ -327,13 +327,7 @@ class Engine:
             if fid in self._active:
                 handles.append(self._handle(fid))
                 continue
-            if (
-                owner is not None
-                and owner != self.owner
-                and owner_alive(owner)
-                and (lease_until or 0) > now
-                and _faults.planted_bug != "steal-live-lease"
-            ):
+            if self._owned_elsewhere(owner, lease_until, now):
                 continue  # a live engine owns it
             handles.append(self._handle(fid))
             self._schedule(fid, wake_at or 0, waiting)
@@ -588,6 +582,16 @@ class Engine:
         fn = entry_function(obj, method, declaring)
         return self._run_entry(obj, method, tuple(args), dict(kwargs), fid, background=True, fn=fn)
 
+    def _owned_elsewhere(self, owner: str | None, lease_until: int | None, now: int) -> bool:
+        """Does another engine that may be alive hold the flow's lease? (Then it is not ours to run.)"""
+        return (
+            owner is not None
+            and owner != self.owner
+            and owner_alive(owner)
+            and (lease_until or 0) > now
+            and _faults.planted_bug != "steal-live-lease"
+        )
+
     def _runnable(self, fid: str) -> bool:
         rows = self.journal.read("SELECT wake_at, waiting_for, status FROM flows WHERE flow_id = ?", (fid,))
         if not rows:
@@ -716,13 +720,7 @@ class Engine:
                 elif create_only:
                     pass
                 else:
-                    if fid in self._active or (
-                        owner is not None
-                        and owner != self.owner
-                        and owner_alive(owner)
-                        and (lease_until or 0) > t
-                        and _faults.planted_bug != "steal-live-lease"
-                    ):
+                    if fid in self._active or self._owned_elsewhere(owner, lease_until, t):
                         raise FlowBusyError(
                             flow_id=fid, owner=owner if fid not in self._active else "this process"
                         )
