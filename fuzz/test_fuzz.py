@@ -49,7 +49,7 @@ def test_power_loss_fixed_flows(name: str, durability: str) -> None:
     assert report.states > 10 and report.recoveries > 3
 
 
-@settings(max_examples=max(5, EXAMPLES // 3))
+@settings(max_examples=max(5, EXAMPLES // 2))
 @given(source=programs.flow_programs(), data=st.data(), durability=st.sampled_from(["process", "full"]))
 def test_power_loss_random_flows(source: str, data: Any, durability: str) -> None:
     """Crash a random flow at a random point, then cut its WAL everywhere and recover from each state."""
