@@ -170,3 +170,24 @@ class Count:
     )
     handles = [transparent_de.start(m.Count().run, 30, flow_id=f"c{i}") for i in range(24)]
     assert [h.result(timeout=60) for h in handles] == [435] * 24
+
+
+def test_processes_opening_a_fresh_journal_at_once_all_succeed(tmp_path):
+    """A fleet started together on a journal that does not exist yet: no 'database is locked', no false 'foreign'."""
+    code = (
+        "import sys, time, transparent_de\n"
+        "while time.time() < float(sys.argv[2]): pass\n"
+        "transparent_de.Engine(sys.argv[1], durability='process').journal\n"
+        "print('ok')\n"
+    )
+    for attempt in range(4):
+        path = tmp_path / f"fresh{attempt}.db"
+        start = time.time() + 0.8
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(path), str(start)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        results = [p.communicate(timeout=60) for p in procs]
+        failures = [err.strip().splitlines()[-1] for out, err in results if out.strip() != "ok"]
+        assert not failures, f"attempt {attempt}: {failures}"

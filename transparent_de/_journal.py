@@ -199,9 +199,15 @@ class Journal:
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         con = self.conn()
-        app_id = con.execute("PRAGMA application_id").fetchone()[0]
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # One read transaction: another process may be creating the schema right now, and
+        # reading its application id before and its tables after would look like a foreign file.
+        con.execute("BEGIN")
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.execute("COMMIT")
         if app_id == APPLICATION_ID:
             if version > SCHEMA_VERSION:
                 raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
@@ -225,9 +231,11 @@ class Journal:
         except sqlite3.Error as exc:
             raise self._io_error("open", exc) from exc
         try:
+            ro.execute("BEGIN")  # one snapshot, as in _check_and_init
             app_id = ro.execute("PRAGMA application_id").fetchone()[0]
             version = ro.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            ro.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             if "not a database" in str(exc):
                 raise NotADatabaseError(path=path) from exc
@@ -257,7 +265,7 @@ class Journal:
             con = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
-            con.execute("PRAGMA journal_mode=WAL")
+            self._wal_mode(con)
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             con.execute("PRAGMA trusted_schema=OFF")
@@ -272,6 +280,28 @@ class Journal:
         with self._lock:
             self._all.append(con)
         return con
+
+    def _wal_mode(self, con: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting (up to the busy timeout) while another process creates the file.
+
+        Switching a new file's journal mode needs an exclusive lock, and SQLite answers "database
+        is locked" at once, without its busy handler, while another connection writes the
+        schema: processes started together on a fresh journal would fail. So retry here.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if con.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":
+                    return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError("could not switch the journal to WAL mode")
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Close every connection this journal opened (in this process)."""
