@@ -285,8 +285,8 @@ class Engine:
         self.close()
 
     def _debug_replay(self, run: Run, step: int, name: str, what: str) -> None:
-        if self._debug:
-            print(f"[tde replay] {run.flow_id} step {step} {name}: {what}", file=sys.stderr)
+        """``TDE_DEBUG=replay`` output; callers test ``self._debug`` first (it is the step path)."""
+        print(f"[tde replay] {run.flow_id} step {step} {name}: {what}", file=sys.stderr)
 
     # ------------------------------------------------------------------ public API
 
@@ -303,7 +303,7 @@ class Engine:
         spec_of(obj)
         fid = _check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
         # Create the rows now, so the flow exists (and can be signalled) when start() returns.
-        state = self._claim(obj, name, args, kwargs, fid, create_only=True, fn=fn)
+        state = self._claim(obj, name, args, kwargs, fid, fn, create_only=True)
         handle = self._handle(fid)
         if state is not None:
             handle._set(*state)
@@ -640,8 +640,8 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         fid: str,
+        fn: Callable[..., Any],
         create_only: bool = False,
-        fn: Callable[..., Any] | None = None,
     ) -> tuple[bool, Any] | tuple[int, dict[int, Row]] | None:
         """Create the flow, or claim it for this engine. Returns a final outcome if it is finished.
 
@@ -652,7 +652,7 @@ class Engine:
         ctx = f"{fid}\x000\x00".encode()
         fp = fingerprint((args, kwargs))
         cls = type(obj)
-        entry_cls = entry_owner(obj, name, fn or entry_function(obj, name))
+        entry_cls = entry_owner(obj, name, fn)
         try:
             params = encode((args, kwargs), ctx + b"p", key)
         except EncodeError as exc:
@@ -761,15 +761,13 @@ class Engine:
         kwargs: dict[str, Any],
         flow_id: str | None,
         background: bool,
-        fn: Callable[..., Any] | None = None,
+        fn: Callable[..., Any],
     ) -> Any:
         """Run entry ``name`` of ``obj`` as flow ``flow_id``; ``fn`` is the exact entry function
-        (a base class's, when reached through ``super()``), by default the most derived one."""
+        (a base class's, when reached through ``super()``; see :func:`entry_function`)."""
         spec = spec_of(obj)
         fid = _check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
-        if fn is None:
-            fn = entry_function(obj, name)
-        claimed = self._claim(obj, name, tuple(args), dict(kwargs), fid, fn=fn)
+        claimed = self._claim(obj, name, tuple(args), dict(kwargs), fid, fn)
         if claimed is not None and isinstance(claimed[0], bool):
             ok, value = claimed
             if ok:
