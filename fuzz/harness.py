@@ -59,7 +59,8 @@ STATS = Stats()
 
 @contextlib.contextmanager
 def planted_bug(name: str) -> Iterator[None]:
-    """Switch a planted engine bug on; what it makes fail is not counted in :data:`STATS`.
+    """Switch a planted engine bug on (forked children inherit it); what it makes fail is not
+    counted in :data:`STATS`.
 
     The violations a planted bug causes are the point of the exercise, so the summary line
     reports only how many bugs were caught, and keeps counting real runs.
@@ -201,13 +202,13 @@ def run_in_child(
     db: str,
     workdir: str,
     at: int | None,
-    planted: str | None,
     durability: str = "process",
     record_acks: bool = False,
 ) -> Outcome:
     """Run (or resume) the flow in a forked child with ``FaultPlan(at=at)``.
 
-    A crash is ``os._exit`` with the journal left open, as a kill would leave it.
+    A crash is ``os._exit`` with the journal left open, as a kill would leave it. The child
+    inherits the parent's planted bug, if any (``TDE_PLANTED_BUG`` or :func:`planted_bug`).
     """
     out = os.path.join(workdir, "outcome.pickle")
     if os.path.exists(out):
@@ -218,8 +219,6 @@ def run_in_child(
     if pid == 0:  # child
         code = 1
         try:
-            if planted is not None:
-                _faults.planted_bug = planted
             plan: _faults.FaultPlan
             synced = [0]
             if record_acks:
@@ -293,7 +292,7 @@ def prepare(source: str) -> tuple[Oracle, ModuleType]:
 
 
 
-def count_points(source: str, planted: str | None = None, durability: str = "process") -> int:
+def count_points(source: str, durability: str = "process") -> int:
     """Crash points hit by one fault-free run of the flow (a counting FaultPlan)."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
     try:
@@ -301,7 +300,7 @@ def count_points(source: str, planted: str | None = None, durability: str = "pro
         module.EFFECTS = os.path.join(workdir, "effects")  # type: ignore[attr-defined]
         db = os.path.join(workdir, "journal.db")
         for _ in range(3):
-            outcome = run_in_child(module, db, workdir, None, planted, durability)
+            outcome = run_in_child(module, db, workdir, None, durability)
             if outcome.status == "ok":
                 return len(outcome.trace)
         raise PropertyFailure(f"fault-free run did not complete: {outcome.value}")
@@ -309,7 +308,7 @@ def count_points(source: str, planted: str | None = None, durability: str = "pro
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check(source: str, schedule: list[int], planted: str | None = None, durability: str = "process") -> None:
+def check(source: str, schedule: list[int], durability: str = "process") -> None:
     """Crash at each hit number in ``schedule`` (one per run), then finish; assert the properties."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
     STATS.flows += 1
@@ -321,7 +320,7 @@ def check(source: str, schedule: list[int], planted: str | None = None, durabili
         crashes = 0
         outcomes: list[Outcome] = []
         for at in [*schedule, None, None, None]:
-            outcome = run_in_child(module, db, workdir, at, planted, durability)
+            outcome = run_in_child(module, db, workdir, at, durability)
             outcomes.append(outcome)
             STATS.crash_points += len(outcome.trace)
             if outcome.status == "crash":
@@ -402,7 +401,6 @@ def _check_effects(path: str, orc: Oracle, interruptions: int) -> None:
 
 def sweep(
     source: str,
-    planted: str | None = None,
     on_fail: Callable[[Any, Exception], None] | None = None,
     stop_at_first: bool = False,
     durability: str = "process",
@@ -414,7 +412,7 @@ def sweep(
     k2-th point of the recovering run (a crash during recovery), then recovery.
     """
     try:
-        n = count_points(source, planted, durability)
+        n = count_points(source, durability)
     except PropertyFailure as exc:
         STATS.divergences += 1
         if on_fail is not None:
@@ -425,7 +423,7 @@ def sweep(
     for k in schedules:
         STATS.swept += 1
         try:
-            check(source, k, planted, durability)
+            check(source, k, durability)
         except PropertyFailure as exc:
             failed += 1
             if on_fail is not None:

@@ -143,7 +143,6 @@ def check(
     crash_at: int | None = None,
     durability: str = "process",
     seed: int = 0,
-    planted: str | None = None,
     recover_every: int = 1,
 ) -> Report:
     """Run ``source`` to hit ``crash_at`` (default: its last crash point), then cut its WAL everywhere.
@@ -161,12 +160,12 @@ def check(
         module.EFFECTS = effects  # type: ignore[attr-defined]
         db = os.path.join(workdir, "journal.db")
         if crash_at is None:
-            probe = harness.run_in_child(module, os.path.join(workdir, "probe.db"), workdir, None, planted, durability)
+            probe = harness.run_in_child(module, os.path.join(workdir, "probe.db"), workdir, None, durability)
             crash_at = len(probe.trace)
             if os.path.exists(effects):
                 os.unlink(effects)
         outcome = harness.run_in_child(
-            module, db, workdir, crash_at, planted, durability, record_acks=durability == "full"
+            module, db, workdir, crash_at, durability, record_acks=durability == "full"
         )
         STATS.crash_points += len(outcome.trace)
         STATS.crashes += outcome.status == "crash"
@@ -215,7 +214,7 @@ def check(
             state_db = os.path.join(dest, "journal.db")
             module.EFFECTS = os.path.join(dest, "effects")  # type: ignore[attr-defined]
             for _ in range(3):
-                final = harness.run_in_child(module, state_db, dest, None, planted, durability)
+                final = harness.run_in_child(module, state_db, dest, None, durability)
                 if final.status == "ok":
                     break
             report.recoveries += 1

@@ -266,7 +266,7 @@ class Flows(RuleBasedStateMachine):
                     raise PropertyFailure(f"step {step} of order-{n} ran {c} times ({self.kills} kills)")
 
 
-def live_owner_check(planted: str | None = None) -> None:
+def live_owner_check() -> None:
     """A second worker must leave alone a flow that a live process is running a step of."""
     workdir = tempfile.mkdtemp(prefix="tdeowner-")
     try:
@@ -276,41 +276,36 @@ def live_owner_check(planted: str | None = None) -> None:
         hold = os.path.join(workdir, "hold")
         module.EFFECTS, module.HOLD = effects, hold  # type: ignore[attr-defined]
         open(hold, "w").close()
-        if planted is not None:
-            _faults.planted_bug = planted
-        try:
 
-            def owner() -> None:
-                with _engine(db) as engine:
-                    engine.start(module.Order(9).run, flow_id="order-9")
-                    engine.signal("order-9", "approve", 1)
-                    engine.worker(until_idle=True)
+        def owner() -> None:
+            with _engine(db) as engine:
+                engine.start(module.Order(9).run, flow_id="order-9")
+                engine.signal("order-9", "approve", 1)
+                engine.worker(until_idle=True)
 
-            def other() -> None:
-                with _engine(db) as engine:
-                    engine.worker(until_idle=True)
+        def other() -> None:
+            with _engine(db) as engine:
+                engine.worker(until_idle=True)
 
-            a = _fork(owner)
-            deadline = time.monotonic() + 30
-            while "reserve|9" not in harness._effects(effects) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            b = _fork(other)
-            # A correct engine leaves the flow alone and this worker exits at once; a broken one
-            # steals it and blocks in the held step too, so release the hold after a while.
-            b_code: list[int] | None = None
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline:
-                pid, status = os.waitpid(b, os.WNOHANG)
-                if pid:
-                    b_code = [os.waitstatus_to_exitcode(status)]
-                    break
-                time.sleep(0.01)
-            os.unlink(hold)
-            if b_code is None:
-                b_code = _wait([b])
-            a_code = _wait([a])
-        finally:
-            _faults.planted_bug = None
+        a = _fork(owner)
+        deadline = time.monotonic() + 30
+        while "reserve|9" not in harness._effects(effects) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        b = _fork(other)
+        # A correct engine leaves the flow alone and this worker exits at once; a broken one
+        # steals it and blocks in the held step too, so release the hold after a while.
+        b_code: list[int] | None = None
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(b, os.WNOHANG)
+            if pid:
+                b_code = [os.waitstatus_to_exitcode(status)]
+                break
+            time.sleep(0.01)
+        os.unlink(hold)
+        if b_code is None:
+            b_code = _wait([b])
+        a_code = _wait([a])
         if a_code + b_code != [0, 0]:
             raise PropertyFailure(f"owner/other workers exited {a_code + b_code}")
         runs = collections.Counter(harness._effects(effects))["reserve|9"]

@@ -73,7 +73,7 @@ def test_a_live_owner_is_never_overtaken() -> None:
 def _sweep_catches(bug: str, durability: str = "process") -> bool:
     with harness.planted_bug(bug):
         for name in ("flaky", "branchy", "linear", "timers"):
-            if harness.sweep(programs.FIXED[name], planted=bug, stop_at_first=True, durability=durability):
+            if harness.sweep(programs.FIXED[name], stop_at_first=True, durability=durability):
                 return True
     return False
 
@@ -81,7 +81,7 @@ def _sweep_catches(bug: str, durability: str = "process") -> bool:
 def _power_loss_catches(bug: str) -> bool:
     with harness.planted_bug(bug):
         try:
-            powerloss.check(programs.FIXED["linear"], durability="full", planted=bug)
+            powerloss.check(programs.FIXED["linear"], durability="full")
         except harness.PropertyFailure:
             return True
     return False
@@ -90,7 +90,7 @@ def _power_loss_catches(bug: str) -> bool:
 def _live_owner_catches(bug: str) -> bool:
     with harness.planted_bug(bug):
         try:
-            stateful.live_owner_check(bug)
+            stateful.live_owner_check()
         except harness.PropertyFailure:
             return True
     return False
