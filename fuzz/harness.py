@@ -204,8 +204,9 @@ def run_in_child(
     at: int | None,
     durability: str = "process",
     record_acks: bool = False,
+    key: str | None = None,
 ) -> Outcome:
-    """Run (or resume) the flow in a forked child with ``FaultPlan(at=at)``.
+    """Run (or resume) the flow in a forked child with ``FaultPlan(at=at)`` (signed with ``key``).
 
     A crash is ``os._exit`` with the journal left open, as a kill would leave it. The child
     inherits the parent's planted bug, if any (``TDE_PLANTED_BUG`` or :func:`planted_bug`).
@@ -236,7 +237,7 @@ def run_in_child(
 
             plan.action = crash
             _faults.install(plan)
-            engine = transparent_de.Engine(database=db, durability=durability)
+            engine = transparent_de.Engine(database=db, durability=durability, hmac_key=key)
             module.SIGNAL = engine.signal  # type: ignore[attr-defined]
             try:
                 result = engine.run(module.Flow().run, flow_id=FLOW_ID)
@@ -292,7 +293,7 @@ def prepare(source: str) -> tuple[Oracle, ModuleType]:
 
 
 
-def count_points(source: str, durability: str = "process") -> int:
+def count_points(source: str, durability: str = "process", key: str | None = None) -> int:
     """Crash points hit by one fault-free run of the flow (a counting FaultPlan)."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
     try:
@@ -300,7 +301,7 @@ def count_points(source: str, durability: str = "process") -> int:
         module.EFFECTS = os.path.join(workdir, "effects")  # type: ignore[attr-defined]
         db = os.path.join(workdir, "journal.db")
         for _ in range(3):
-            outcome = run_in_child(module, db, workdir, None, durability)
+            outcome = run_in_child(module, db, workdir, None, durability, key=key)
             if outcome.status == "ok":
                 return len(outcome.trace)
         raise PropertyFailure(f"fault-free run did not complete: {outcome.value}")
@@ -308,7 +309,7 @@ def count_points(source: str, durability: str = "process") -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check(source: str, schedule: list[int], durability: str = "process") -> None:
+def check(source: str, schedule: list[int], durability: str = "process", key: str | None = None) -> None:
     """Crash at each hit number in ``schedule`` (one per run), then finish; assert the properties."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
     STATS.flows += 1
@@ -320,7 +321,7 @@ def check(source: str, schedule: list[int], durability: str = "process") -> None
         crashes = 0
         outcomes: list[Outcome] = []
         for at in [*schedule, None, None, None]:
-            outcome = run_in_child(module, db, workdir, at, durability)
+            outcome = run_in_child(module, db, workdir, at, durability, key=key)
             outcomes.append(outcome)
             STATS.crash_points += len(outcome.trace)
             if outcome.status == "crash":
@@ -405,6 +406,7 @@ def sweep(
     stop_at_first: bool = False,
     durability: str = "process",
     pairs: bool = False,
+    key: str | None = None,
 ) -> int:
     """A crash at every crash point k of ``source``, one per run; returns how many runs failed.
 
@@ -412,7 +414,7 @@ def sweep(
     k2-th point of the recovering run (a crash during recovery), then recovery.
     """
     try:
-        n = count_points(source, durability)
+        n = count_points(source, durability, key)
     except PropertyFailure as exc:
         STATS.divergences += 1
         if on_fail is not None:
@@ -423,7 +425,7 @@ def sweep(
     for k in schedules:
         STATS.swept += 1
         try:
-            check(source, k, durability)
+            check(source, k, durability, key)
         except PropertyFailure as exc:
             failed += 1
             if on_fail is not None:

@@ -35,6 +35,19 @@ def test_sweep_every_crash_point(name: str, durability: str) -> None:
     assert not failures, "\n".join(failures[:5])
 
 
+@pytest.mark.parametrize("durability", ["process", "full"])
+def test_sweep_signed_journal(durability: str) -> None:
+    """Sleeps, a signal and its delivery, a caught failure: every crash point with signing on."""
+    failures: list[str] = []
+    harness.sweep(
+        programs.FIXED["timers"],
+        on_fail=lambda k, e: failures.append(f"k={k}: {e}"),
+        durability=durability,
+        key="fuzz-signing-key",
+    )
+    assert not failures, "\n".join(failures[:5])
+
+
 @pytest.mark.parametrize("name", ["flaky", "retry"])
 def test_sweep_every_pair_of_crash_points(name: str) -> None:
     """A crash, then a crash while recovering, at every pair of points of a short flow."""

@@ -31,9 +31,20 @@ from . import _faults
 from ._journal import HOST, Journal, LeaseLost, now_ms, owner_alive
 from ._marking import FlowSpec
 from ._run import ROW_COLUMNS, Park, RemoteError, Row, Run
-from ._serialization import EncodeError, decode, encode, fingerprint, hmac_key
+from ._serialization import (
+    Codec,
+    EncodeError,
+    fingerprint,
+    flow_context,
+    signal_context,
+    step_context,
+)
+from ._serialization import (
+    hmac_key as key_from_env,
+)
 from ._trampoline import current_run
 from .errors import (
+    CorruptJournalError,
     FlowBusyError,
     FlowCancelledError,
     FlowFailedError,
@@ -46,6 +57,26 @@ from .errors import (
 )
 
 log = logging.getLogger("transparent_de")
+
+#: What ``flows.instance`` holds for a flow object that could not be pickled: ``recover()``
+#: then calls the class without arguments. A value, not NULL, so that it can be signed.
+REBUILD = ("transparent_de", "rebuild the flow object with its class's no-argument constructor")
+
+_unsigned_warned = False
+
+
+def _warn_unsigned(path: str) -> None:
+    """Say once per process that a journal is open for writing without a signing key."""
+    global _unsigned_warned
+    if not _unsigned_warned:
+        _unsigned_warned = True
+        logging.getLogger("transparent_de.journal").warning(
+            "transparent_de: journal %s is not signed (TRANSPARENT_DE_HMAC_KEY is not set): whoever "
+            "can write the file can make processes that resume its flows run code. See "
+            "docs/journal.md#threat-model.",
+            path,
+        )
+
 
 FLOW_ID_MAX = 255
 
@@ -191,7 +222,14 @@ class FlowHandle:
 
 
 class Engine:
-    """Runs flows against one SQLite journal. Many may exist in one process (one per journal)."""
+    """Runs flows against one SQLite journal. Many may exist in one process (one per journal).
+
+    ``hmac_key`` signs and verifies every journal value (see docs/journal.md, threat model):
+    ``True`` (default) takes ``TRANSPARENT_DE_HMAC_KEY`` when the journal is first opened,
+    ``None`` or ``False`` means no key, a ``str``/``bytes`` is the key itself.
+    ``readonly=True`` opens the journal for inspection only (``flows()``, ``steps()``): it is
+    never created, initialised or written.
+    """
 
     def __init__(
         self,
@@ -203,6 +241,8 @@ class Engine:
         max_workers: int = 32,
         poll_interval: float = 0.2,
         busy_timeout: float = 10.0,
+        hmac_key: str | bytes | bool | None = True,
+        readonly: bool = False,
     ) -> None:
         if database is None:
             database = os.environ.get("TRANSPARENT_DE_DB", "transparent_de.db")
@@ -215,6 +255,10 @@ class Engine:
         self.max_workers = max_workers
         self.poll_interval = poll_interval
         self.busy_timeout = busy_timeout
+        # True: TRANSPARENT_DE_HMAC_KEY, read when the journal is first opened; None/False: no key.
+        self._key_option = hmac_key
+        self._codec: Codec | None = None
+        self.readonly = readonly
         self._journal: Journal | None = None
         self._token = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()
@@ -240,8 +284,32 @@ class Engine:
             with self._lock:
                 if self._journal is None or self._pid != os.getpid():
                     self._after_fork()
-                    self._journal = Journal(self.database, self.durability, self.busy_timeout)
+                    self._codec = Codec(self._resolve_key())
+                    self._journal = Journal(
+                        self.database, self.durability, self.busy_timeout, readonly=self.readonly
+                    )
+                    if not self.readonly and not self._codec.signing:
+                        _warn_unsigned(self._journal.path)
         return self._journal
+
+    @property
+    def codec(self) -> Codec:
+        """How this engine signs and checks journal values (made with the journal, once)."""
+        if self._codec is None or self._journal is None:
+            _ = self.journal
+        assert self._codec is not None
+        return self._codec
+
+    def _resolve_key(self) -> bytes | None:
+        option = self._key_option
+        if option is True:
+            return key_from_env()
+        if option is None or option is False:
+            return None
+        return option.encode() if isinstance(option, str) else bytes(option)
+
+    def _where(self, fid: str, step: int = 0) -> Callable[[], dict[str, Any]]:
+        return lambda: {"path": self.journal.path, "flow_id": fid, "step": step}
 
     def _after_fork(self) -> None:
         if self._pid != os.getpid():
@@ -339,14 +407,17 @@ class Engine:
         Stored in the journal first: a signal sent before the flow waits, or while no process
         runs it, is kept and consumed by the next wait for that step, in order.
         """
-        rows = self.journal.read("SELECT status, module, qualname FROM flows WHERE flow_id = ?", (flow_id,))
+        if not isinstance(step, str) or not step.isidentifier():
+            raise SignalError(flow_id=flow_id, step=repr(step), reason="a step name is a Python identifier")
+        rows = self.journal.read("SELECT status FROM flows WHERE flow_id = ?", (flow_id,))
         if not rows:
             raise FlowNotFoundError(flow_id=flow_id, path=self.journal.path)
-        status, module, qualname = rows[0]
+        status = rows[0][0]
         if status in ("COMPLETE", "FAILED", "CANCELLED"):
             raise SignalError(
                 flow_id=flow_id, step=step, reason=f"the flow is {status}; nothing will wait for it"
             )
+        module, qualname = self._identity(flow_id)[:2]  # verified before anything is imported
         cls = _resolve_class(module, qualname, required=False)
         spec = cls.__dict__.get("__tde_spec__") if cls is not None else None
         if isinstance(spec, FlowSpec) and step not in spec.steps:
@@ -355,17 +426,21 @@ class Engine:
                 step=step,
                 reason=f"{qualname} has no step named {step!r} (steps: {sorted(spec.steps)})",
             )
-        try:
-            payload = encode((args, kwargs))
-        except EncodeError as exc:
-            raise SerializationError(
-                flow_id=flow_id, step=0, method=step, what="the signal arguments", detail=str(exc)
-            ) from None
+        codec = self.codec
         with self.journal.write() as con:
-            con.execute(
+            # The payload is bound to its row (seq), so it is sealed once the row exists.
+            seq = con.execute(
                 "INSERT INTO signals (flow_id, step_name, payload, sent) VALUES (?,?,?,?)",
-                (flow_id, step, payload, now_ms()),
-            )
+                (flow_id, step, b"", now_ms()),
+            ).lastrowid
+            assert seq is not None
+            try:
+                payload = codec.seal((args, kwargs), signal_context(flow_id, step, seq))
+            except EncodeError as exc:
+                raise SerializationError(
+                    flow_id=flow_id, step=0, method=step, what="the signal arguments", detail=str(exc)
+                ) from None
+            con.execute("UPDATE signals SET payload = ? WHERE seq = ?", (payload, seq))
             _faults.point("signal.send.mid_txn")
         self.journal.sync()
         with self._signal_cv:
@@ -561,24 +636,47 @@ class Engine:
                         [(now_ms() + self.lease_ms, f, self.owner) for f in active],
                     )
 
-    def _resume(self, fid: str) -> Any:
-        """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
-        row = self.journal.read(
+    def _identity(self, fid: str) -> tuple[str, str, str, str, bytes | None, bytes]:
+        """The columns that choose what code resumes a flow, verified before anything is imported.
+
+        Returns ``(module, qualname, method, declaring class, instance blob, parameters blob)``.
+        With signing on, the instance blob's signature covers the module, class and method
+        columns (see :func:`flow_context`): a journal rewritten to name another function is
+        refused with :class:`CorruptJournalError` before that function's module is imported.
+        """
+        rows = self.journal.read(
             "SELECT f.module, f.qualname, f.method_name, f.instance, e.parameters, e.class_name FROM flows f "
             "JOIN execution_log e ON e.flow_id = f.flow_id AND e.step = 0 WHERE f.flow_id = ?",
             (fid,),
         )
-        if not row:
+        if not rows:
             raise FlowNotFoundError(flow_id=fid, path=self.journal.path)
-        module, qualname, method, instance_blob, params, declaring = row[0]
-        where = lambda: {"path": self.journal.path, "flow_id": fid, "step": 0}  # noqa: E731
+        module, qualname, method, instance, params, declaring = rows[0]
+        codec = self.codec
+        if codec.signing:
+            if instance is None:
+                raise CorruptJournalError(
+                    path=self.journal.path,
+                    flow_id=fid,
+                    step=0,
+                    detail="the flow's identity (class, method, instance) is not signed: refused",
+                )
+            codec.check(instance, flow_context(fid, module, qualname, method, declaring), self._where(fid))
+            codec.check(params, step_context(fid, 0, b"p"), self._where(fid))
+        return module, qualname, method, declaring, instance, params
+
+    def _resume(self, fid: str) -> Any:
+        """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
+        module, qualname, method, declaring, instance_blob, params = self._identity(fid)
+        where = self._where(fid)
         cls = _resolve_class(module, qualname, required=True)
-        key = hmac_key()
+        codec = self.codec
+        obj: Any = REBUILD
         if instance_blob is not None:
-            obj = decode(instance_blob, f"{fid}\x000\x00".encode() + b"i", key, where)
-        else:
+            obj = codec.open(instance_blob, flow_context(fid, module, qualname, method, declaring), where)
+        if obj == REBUILD:
             obj = cls()
-        args, kwargs = decode(params, f"{fid}\x000\x00".encode() + b"p", key, where)
+        args, kwargs = codec.open(params, step_context(fid, 0, b"p"), where)
         fn = entry_function(obj, method, declaring)
         return self._run_entry(obj, method, tuple(args), dict(kwargs), fid, background=True, fn=fn)
 
@@ -610,10 +708,11 @@ class Engine:
         if not rows:
             return None
         status, value, error = rows[0]
-        ctx = f"{fid}\x000\x00".encode()
-        where = lambda: {"path": self.journal.path, "flow_id": fid, "step": 0}  # noqa: E731
+        where = self._where(fid)
         if status == "COMPLETE":
-            return True, decode(value, ctx + b"r", hmac_key(), where) if value is not None else None
+            if value is None:
+                return True, None
+            return True, self.codec.open(value, step_context(fid, 0, b"r"), where)
         if status == "FAILED":
             return False, self._failed_error(fid, error, where)
         if status == "CANCELLED":
@@ -623,7 +722,7 @@ class Engine:
     def _failed_error(
         self, fid: str, error: bytes | None, where: Callable[[], dict[str, Any]]
     ) -> BaseException:
-        cause = decode(error, f"{fid}\x000\x00".encode() + b"e", hmac_key(), where) if error else None
+        cause = self.codec.open(error, step_context(fid, 0, b"e"), where) if error else None
         cls_rows = self.journal.read("SELECT module || '.' || qualname FROM flows WHERE flow_id = ?", (fid,))
         err = FlowFailedError(
             flow_id=fid,
@@ -648,13 +747,12 @@ class Engine:
         With ``create_only`` the flow is created (or found) without being claimed.
         """
         spec = spec_of(obj)
-        key = hmac_key()
-        ctx = f"{fid}\x000\x00".encode()
+        codec = self.codec
         fp = fingerprint((args, kwargs))
         cls = type(obj)
         entry_cls = entry_owner(obj, name, fn)
         try:
-            params = encode((args, kwargs), ctx + b"p", key)
+            params = codec.seal((args, kwargs), step_context(fid, 0, b"p"))
         except EncodeError as exc:
             raise SerializationError(
                 flow_id=fid,
@@ -664,10 +762,11 @@ class Engine:
                 what="the flow's arguments",
                 detail=str(exc),
             ) from None
+        identity = flow_context(fid, cls.__module__, cls.__qualname__, name, entry_cls)
         try:
-            instance: bytes | None = encode(obj, ctx + b"i", key)
+            instance = codec.seal(obj, identity)
         except EncodeError:
-            instance = None  # recover() will call the class without arguments, like the seed
+            instance = codec.seal(REBUILD, identity)  # recover() calls the class, like the seed
         j = self.journal
         t = now_ms()
         _faults.point("flow.start.before_insert")
@@ -706,9 +805,7 @@ class Engine:
                 status, owner, lease_until, fence, rec_cls, rec_method, rec_fp = row
                 if status in ("COMPLETE", "FAILED", "CANCELLED"):
                     pass  # handled after the transaction
-                elif (rec_cls, rec_method) != (entry_cls, name) or (
-                    rec_fp is not None and rec_fp != fp
-                ):
+                elif (rec_cls, rec_method) != (entry_cls, name) or (rec_fp is not None and rec_fp != fp):
                     raise NonDeterminismError(
                         flow_id=fid,
                         flow_class=spec.class_name,
@@ -846,12 +943,11 @@ class Engine:
         fid = run.flow_id
         t = now_ms()
         if run.spec.failure == "final":
+            ctx = step_context(fid, 0, b"e")
             try:
-                blob = encode(exc, f"{fid}\x000\x00".encode() + b"e", run.key)
+                blob = run.codec.seal(exc, ctx)
             except EncodeError:
-                blob = encode(
-                    RemoteError(type(exc).__qualname__, str(exc)), f"{fid}\x000\x00".encode() + b"e", run.key
-                )
+                blob = run.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), ctx)
             with run.write() as con:
                 run._flush(con)
                 con.execute(

@@ -25,6 +25,7 @@ import contextlib
 import os
 import socket
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -32,8 +33,14 @@ import urllib.parse
 from typing import Any
 
 from . import _faults
-from ._schema import APPLICATION_ID, OUR_TABLES, SCHEMA, SCHEMA_VERSION
-from .errors import ForeignDatabaseError, JournalIOError, NotADatabaseError, SchemaTooNewError
+from ._schema import APPLICATION_ID, SCHEMA, SCHEMA_VERSION
+from .errors import (
+    ForeignDatabaseError,
+    JournalIOError,
+    JournalPermissionError,
+    NotADatabaseError,
+    SchemaTooNewError,
+)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -88,6 +95,13 @@ def owner_alive(owner: str | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _identity(con: sqlite3.Connection) -> tuple[int, int, set[str]]:
+    app_id = con.execute("PRAGMA application_id").fetchone()[0]
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return int(app_id), int(version), tables
 
 
 _FENCE = "UPDATE flows SET lease_until=?, updated=? WHERE flow_id=? AND owner=? AND fence=?"
@@ -158,15 +172,72 @@ class _Write:
             self.journal._write_lock.release()
 
 
-class Journal:
-    """One journal file. Thread-safe: each thread gets its own connection."""
+def ro_uri(path: str) -> str:
+    """A read-only SQLite URI for ``path``: every character that means something in a URI is quoted.
 
-    def __init__(self, path: str, durability: str = "full", busy_timeout: float = 10.0) -> None:
+    (``file:{path}?mode=ro`` unquoted turns ``?`` or ``#`` in a path into a query or fragment,
+    and SQLite then opens, or creates, another file.)
+    """
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+
+
+def classify(app_id: int, version: int, tables: set[str]) -> str:
+    """``ours``, ``empty`` (ours to initialise), ``too-new`` or ``foreign``.
+
+    Our schema and its application id are written in one transaction, so a database with
+    tables but not our id was never ours, whatever its tables are called.
+    """
+    if app_id == APPLICATION_ID:
+        return "too-new" if version > SCHEMA_VERSION else "ours"
+    if app_id == 0 and version == 0 and not tables:
+        return "empty"
+    return "foreign"
+
+
+def check_modes(path: str, tighten: bool) -> None:
+    """Refuse a journal whose file, -wal or -shm any local user may write (they could run code).
+
+    With ``tighten``, an *empty* journal file of ours (created by someone in advance, e.g. with
+    ``touch``) is first brought to mode 0600, the mode of files we create.
+    """
+    for suffix in ("", "-wal", "-shm"):
+        p = path + suffix
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if suffix == "" and tighten and st.st_size == 0 and mode & 0o077:
+            if st.st_uid != os.geteuid():
+                raise JournalPermissionError(
+                    path=p,
+                    mode=mode,
+                    detail="it is empty and belongs to another user, so its mode cannot be tightened",
+                )
+            os.chmod(p, 0o600)
+            continue
+        if mode & 0o002:
+            raise JournalPermissionError(path=p, mode=mode, detail="any local user can write it")
+
+
+class Journal:
+    """One journal file. Thread-safe: each thread gets its own connection.
+
+    ``readonly=True`` opens it for inspection (``list``, ``show``): through read-only
+    connections, never creating, initialising or switching the file to WAL, so reading a
+    journal never writes to it. An empty file reads as a journal with no flows.
+    """
+
+    def __init__(
+        self, path: str, durability: str = "full", busy_timeout: float = 10.0, readonly: bool = False
+    ) -> None:
         if durability not in ("full", "process"):
             raise ValueError(f"durability must be 'full' or 'process', not {durability!r}")
         self.path = os.path.abspath(path)
         self.durability = durability
         self.busy_timeout = busy_timeout
+        self.readonly = readonly
+        self.empty = False
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -177,12 +248,28 @@ class Journal:
         self._wal_fd: int | None = None
         self._wal_ino: tuple[int, int] | None = None
         self._pid = os.getpid()
-        self._check_and_init()
+        if readonly:
+            self._check_readonly()
+        else:
+            self._check_and_init()
 
     # ------------------------------------------------------------------ opening
 
+    def _check_readonly(self) -> None:
+        path = self.path
+        if not os.path.exists(path):
+            raise JournalIOError(path=path, operation="open", detail="no such file")
+        if os.path.getsize(path) == 0:
+            self.empty = True
+            return
+        with open(path, "rb") as f:
+            if f.read(16) != SQLITE_HEADER:
+                raise NotADatabaseError(path=path)
+        self.empty = self._refuse_foreign(path) == "empty"
+
     def _check_and_init(self) -> None:
         path = self.path
+        check_modes(path, tighten=True)
         if os.path.exists(path) and os.path.getsize(path) > 0:
             with open(path, "rb") as f:
                 head = f.read(16)
@@ -203,19 +290,18 @@ class Journal:
         # reading its application id before and its tables after would look like a foreign file.
         con.execute("BEGIN")
         try:
-            app_id = con.execute("PRAGMA application_id").fetchone()[0]
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            app_id, version, tables = _identity(con)
         finally:
             con.execute("COMMIT")
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
+        kind = classify(app_id, version, tables)
+        if kind == "too-new":
+            raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
+        if kind == "foreign":
+            raise ForeignDatabaseError(path=path, application_id=app_id)
+        if kind == "ours":
             if version < SCHEMA_VERSION:
                 self._migrate(con, version)
             return
-        if app_id != 0 or tables - OUR_TABLES or (tables and version != 0):
-            raise ForeignDatabaseError(path=path, application_id=app_id)
         with self.write() as c:
             # Not executescript(): it would COMMIT our BEGIN IMMEDIATE half-way.
             for stmt in _statements(SCHEMA):
@@ -225,16 +311,14 @@ class Journal:
         # A schema only in the WAL is lost with the WAL; checkpoint it into the main file once.
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _refuse_foreign(self, path: str) -> None:
+    def _refuse_foreign(self, path: str) -> str:
         try:
-            ro = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, isolation_level=None)
+            ro = sqlite3.connect(ro_uri(path), uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             raise self._io_error("open", exc) from exc
         try:
             ro.execute("BEGIN")  # one snapshot, as in _check_and_init
-            app_id = ro.execute("PRAGMA application_id").fetchone()[0]
-            version = ro.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            app_id, version, tables = _identity(ro)
             ro.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             if "not a database" in str(exc):
@@ -242,11 +326,12 @@ class Journal:
             raise self._io_error("open", exc) from exc
         finally:
             ro.close()
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
-        elif app_id != 0 or tables - OUR_TABLES or (tables and version != 0):
+        kind = classify(app_id, version, tables)
+        if kind == "too-new":
+            raise SchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)
+        if kind == "foreign":
             raise ForeignDatabaseError(path=path, application_id=app_id)
+        return kind
 
     def _migrate(self, con: sqlite3.Connection, version: int) -> None:
         """Bring an older schema up to date in one transaction (no older versions exist yet)."""
@@ -262,11 +347,20 @@ class Journal:
         if con is not None and self._local.pid == os.getpid():
             return con
         try:
-            con = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._wal_mode(con)
-            con.execute("PRAGMA synchronous=NORMAL")
+            if self.readonly:
+                con = sqlite3.connect(
+                    ro_uri(self.path),
+                    uri=True,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                con = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                self._wal_mode(con)
+                con.execute("PRAGMA synchronous=NORMAL")
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             con.execute("PRAGMA trusted_schema=OFF")
         except sqlite3.DatabaseError as exc:
@@ -329,9 +423,13 @@ class Journal:
         Used as ``with journal.write(...) as con:``; commits on success, rolls back on any
         exception (an ``OperationalError`` becomes :class:`JournalIOError`).
         """
+        if self.readonly:
+            raise TypeError(f"journal {self.path} was opened read-only")
         return _Write(self, fence, lease_ms)
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        if self.empty:
+            return []  # an empty file opened read-only: a journal with nothing in it yet
         try:
             return self.conn().execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import _faults
 from ._journal import Journal, now_ms
 from ._marking import FlowSpec
-from ._serialization import EncodeError, decode, encode, fingerprint, hmac_key
+from ._serialization import EncodeError, fingerprint, signal_context, step_context
 from ._trampoline import current_run
 from .errors import (
     NonDeterminismError,
@@ -133,20 +133,23 @@ class Run:
         self.active = True
         self.pending: list[tuple[Any, ...]] = []  # captured rows not yet written
         self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
-        self.key = hmac_key()
+        self.codec = engine.codec
         self.thread = threading.get_ident()
 
     # ------------------------------------------------------------------ helpers
 
     def _ctx(self, step: int, kind: bytes) -> bytes:
         """The row identity a signed blob is bound to (unused, so not built, without a key)."""
-        if self.key is None:
+        if not self.codec.signing:
             return b""
-        return f"{self.flow_id}\x00{step}\x00".encode() + kind
+        return step_context(self.flow_id, step, kind)
+
+    def _where(self, step: int) -> Callable[[], dict[str, Any]]:
+        return lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step}
 
     def _encode(self, value: Any, step: int, method: str, what: str, kind: bytes) -> bytes:
         try:
-            return encode(value, self._ctx(step, kind), self.key)
+            return self.codec.seal(value, self._ctx(step, kind))
         except EncodeError as exc:
             raise SerializationError(
                 flow_id=self.flow_id,
@@ -160,12 +163,7 @@ class Run:
     def _decode(self, blob: bytes | None, step: int, kind: bytes) -> Any:
         if blob is None:
             return None
-        return decode(
-            blob,
-            self._ctx(step, kind),
-            self.key,
-            lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step},
-        )
+        return self.codec.open(blob, self._ctx(step, kind), self._where(step))
 
     def _next(self) -> int:
         self.counter += 1
@@ -324,9 +322,9 @@ class Run:
     def _record_failure(self, step: int, name: str, exc: BaseException) -> None:
         """Journal a step's final exception: a replay re-raises it at the same point."""
         try:
-            blob = encode(exc, self._ctx(step, b"e"), self.key)
+            blob = self.codec.seal(exc, self._ctx(step, b"e"))
         except EncodeError:
-            blob = encode(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"), self.key)
+            blob = self.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"))
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         with self.write() as con:
             con.execute(
@@ -490,6 +488,12 @@ class Run:
             )
 
     def _take_signal(self, step: int, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Consume the oldest pending signal for ``name`` into this step's row, in one transaction.
+
+        The payload is verified against its ``signals`` row and re-signed for the step row
+        (same bytes, new MAC) before anything is unpickled, and both rows change in the same
+        commit: no crash can leave a consumed signal or a half-moved payload behind.
+        """
         with self.write() as con:
             found = con.execute(
                 "SELECT seq, payload FROM signals WHERE flow_id = ? AND step_name = ? AND consumed_step IS NULL "
@@ -499,24 +503,18 @@ class Run:
             if found is None:
                 return None
             seq, payload = found
+            where = self._where(step)
+            params = self.codec.reseal(
+                bytes(payload), signal_context(self.flow_id, name, seq), self._ctx(step, b"p"), where
+            )
+            args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
             con.execute("UPDATE signals SET consumed_step = ? WHERE seq = ?", (step, seq))
             con.execute(
                 "UPDATE execution_log SET status = 'PENDING', parameters = ?, updated = ? "
                 "WHERE flow_id = ? AND step = ?",
-                (payload, now_ms(), self.flow_id, step),
+                (params, now_ms(), self.flow_id, step),
             )
             _faults.point("signal.deliver.mid_txn")
-        args, kwargs = decode(
-            payload, b"", None, lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step}
-        )
-        # Re-frame the payload under this row's identity if signing is on (signals are unsigned
-        # in transit: the sender may not know the flow's step number).
-        if self.key is not None:
-            with self.write() as con:
-                con.execute(
-                    "UPDATE execution_log SET parameters = ? WHERE flow_id = ? AND step = ?",
-                    (self._encode((args, kwargs), step, name, "the signal", b"p"), self.flow_id, step),
-                )
         return args, kwargs
 
     # ------------------------------------------------------------------ child flows

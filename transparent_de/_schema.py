@@ -68,5 +68,3 @@ CREATE TABLE IF NOT EXISTS signals (
 );
 CREATE INDEX IF NOT EXISTS signals_pending ON signals (flow_id, step_name, consumed_step);
 """
-
-OUR_TABLES = frozenset({"execution_log", "flows", "signals", "sqlite_sequence"})

@@ -4,11 +4,13 @@
   closures, classes defined in ``__main__``): dill costs 20-40x more and its import 30-40 ms,
   so it is imported only when pickle fails or a dill blob must be read. The codec is recorded
   in every blob's frame because ``pickle.loads`` cannot read dill output.
-* **Frame.** ``b"TD" | version | codec | crc32 | [hmac-sha256] | payload``. A truncated or
-  garbled blob is detected *before* any unpickler runs and raises
+* **Frame.** ``b"TD" | version | codec | flags | crc32 | [hmac-sha256] | payload``. A truncated
+  or garbled blob is detected *before* any unpickler runs and raises
   :class:`~transparent_de.errors.CorruptJournalError`; it is never taken as "not done".
 * **Signing.** With ``TRANSPARENT_DE_HMAC_KEY`` set, every blob carries an HMAC over its row
-  identity and payload; a tampered or moved blob is refused, never unpickled.
+  identity and payload; a tampered, moved or unsigned blob is refused, never unpickled. The
+  row identities are built by :func:`step_context`, :func:`flow_context` and
+  :func:`signal_context` only, and values are made and read through a :class:`Codec`.
 * **Fingerprint.** A hash of a canonical walk of the arguments, independent of hash seeds,
   set iteration order, dict insertion order and memory addresses, so a replay with equal
   arguments never trips the non-determinism check.
@@ -29,14 +31,19 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from .errors import CorruptJournalError
+from .errors import CorruptJournalError, JournalKeyError
 
 MAGIC = b"TD"
-FRAME_VERSION = 1
+FRAME_VERSION = 2
 CODEC_PICKLE = ord("P")
 CODEC_DILL = ord("D")
 CODECS = {CODEC_PICKLE: "pickle", CODEC_DILL: "dill"}
-_HEADER = struct.Struct(">2sBBI")  # magic, version, codec, crc32 of payload
+#: Version 1 frames (still read): magic, version, codec, crc32; signed or not was not recorded.
+_HEADER_V1 = struct.Struct(">2sBBI")
+#: Version 2: magic, version, codec, flags, crc32 of the payload. The flags say whether an
+#: HMAC follows, so a signed journal read without its key gets a clear error (not a CRC one).
+_HEADER = struct.Struct(">2sBBBI")
+FLAG_SIGNED = 0x01
 _MAC_LEN = 32
 _PROTOCOL = 5
 
@@ -75,8 +82,34 @@ def _dill_dumps(value: Any) -> bytes:
 
 
 def hmac_key() -> bytes | None:
+    """The signing key from ``TRANSPARENT_DE_HMAC_KEY`` (None when unset or empty)."""
     key = os.environ.get("TRANSPARENT_DE_HMAC_KEY")
     return key.encode() if key else None
+
+
+# --------------------------------------------------------------------------- row identities
+#
+# A signed blob is bound to the row it belongs to: the MAC covers this context, so a blob
+# copied to another row, flow or step does not verify. Fields never contain NUL (flow ids
+# refuse control characters, names are identifiers), so the encodings cannot collide.
+
+
+def step_context(flow_id: str, step: int, kind: bytes) -> bytes:
+    """A value of row ``step`` of the flow: ``kind`` is ``p`` (arguments), ``r`` (result), ``e`` (error)."""
+    return f"{flow_id}\x00{step}\x00".encode() + kind
+
+
+def flow_context(flow_id: str, module: str, qualname: str, method: str, declaring: str) -> bytes:
+    """The flow instance blob, bound to the columns that choose what code ``recover()`` runs."""
+    return "\x00".join((flow_id, "0", "flow", module, qualname, method, declaring)).encode()
+
+
+def signal_context(flow_id: str, step_name: str, seq: int) -> bytes:
+    """A signal's payload, bound to its row in ``signals``."""
+    return f"{flow_id}\x00signal\x00{step_name}\x00{seq}".encode()
+
+
+# --------------------------------------------------------------------------- frames
 
 
 def encode(value: Any, context: bytes = b"", key: bytes | None = None) -> bytes:
@@ -90,11 +123,67 @@ def encode(value: Any, context: bytes = b"", key: bytes | None = None) -> bytes:
         except Exception as exc:
             raise EncodeError(f"{type(exc).__name__}: {exc}") from exc
         codec = CODEC_DILL
-    header = _HEADER.pack(MAGIC, FRAME_VERSION, codec, zlib.crc32(payload))
     if key is None:
-        return header + payload
-    mac = hmac.new(key, context + header + payload, hashlib.sha256).digest()
-    return header + mac + payload
+        return _HEADER.pack(MAGIC, FRAME_VERSION, codec, 0, zlib.crc32(payload)) + payload
+    header = _HEADER.pack(MAGIC, FRAME_VERSION, codec, FLAG_SIGNED, zlib.crc32(payload))
+    return header + _mac(key, context, header, payload) + payload
+
+
+def _mac(key: bytes, context: bytes, header: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, context + header + payload, hashlib.sha256).digest()
+
+
+def check(
+    blob: bytes,
+    context: bytes = b"",
+    key: bytes | None = None,
+    where: Callable[[], dict[str, Any]] | None = None,
+) -> tuple[int, bytes]:
+    """Verify a blob's frame, signature and CRC without unpickling it; returns (codec, payload).
+
+    With ``key`` set, an unsigned blob is refused like a tampered one: whoever can write the
+    file could otherwise drop the signature and have any pickle run.
+    """
+
+    def fields() -> dict[str, Any]:
+        return where() if where else {}
+
+    def corrupt(detail: str) -> CorruptJournalError:
+        return CorruptJournalError(detail=detail, **fields())
+
+    if len(blob) < _HEADER_V1.size or blob[:2] != MAGIC:
+        raise corrupt(f"value blob of {len(blob)} bytes has no valid transparent_de frame")
+    version = blob[2]
+    if version == 1:
+        _, _, codec, crc = _HEADER_V1.unpack_from(blob)
+        header_len, signed = _HEADER_V1.size, key is not None
+    elif version == FRAME_VERSION and len(blob) >= _HEADER.size:
+        _, _, codec, flags, crc = _HEADER.unpack_from(blob)
+        header_len, signed = _HEADER.size, bool(flags & FLAG_SIGNED)
+        if signed and key is None:
+            raise JournalKeyError(**fields())
+        if key is not None and not signed:
+            raise corrupt(
+                "value is not signed although signing is on (TRANSPARENT_DE_HMAC_KEY is set): it was "
+                "tampered with or written without the key; refused, never unpickled"
+            )
+    else:
+        raise corrupt(f"value blob has an unknown frame version {version}")
+    if codec not in CODECS:
+        raise corrupt(f"value blob names an unknown codec {codec}")
+    offset = header_len
+    if signed:
+        assert key is not None
+        mac = blob[offset : offset + _MAC_LEN]
+        offset += _MAC_LEN
+        if not hmac.compare_digest(mac, _mac(key, context, blob[:header_len], blob[offset:])):
+            raise corrupt(
+                "HMAC signature mismatch: the value was tampered with, moved, or signed with another key"
+            )
+    payload = blob[offset:]
+    if zlib.crc32(payload) != crc:
+        raise corrupt("value blob failed its CRC check (truncated or garbled)")
+    return codec, payload
 
 
 def decode(
@@ -104,39 +193,91 @@ def decode(
     where: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     """Check a blob's frame (and signature) and unpickle it; any damage raises CorruptJournalError."""
-
-    def corrupt(detail: str) -> CorruptJournalError:
-        return CorruptJournalError(detail=detail, **(where() if where else {}))
-
-    if len(blob) < _HEADER.size:
-        raise corrupt(f"value blob of {len(blob)} bytes is shorter than its frame header")
-    magic, version, codec, crc = _HEADER.unpack_from(blob)
-    if magic != MAGIC or version != FRAME_VERSION or codec not in CODECS:
-        raise corrupt("value blob has no valid transparent_de frame (magic/version/codec)")
-    offset = _HEADER.size
-    if key is not None:
-        mac = blob[offset : offset + _MAC_LEN]
-        offset += _MAC_LEN
-        expected = hmac.new(key, context + blob[: _HEADER.size] + blob[offset:], hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, expected):
-            raise corrupt(
-                "HMAC signature mismatch: the value was tampered with, moved, or signed with another key"
-            )
-    payload = blob[offset:]
-    if zlib.crc32(payload) != crc:
-        raise corrupt("value blob failed its CRC check (truncated or garbled)")
+    codec, payload = check(blob, context, key, where)
     try:
         if codec == CODEC_PICKLE:
             return pickle.loads(payload)
         return _dill().loads(payload)
     except Exception as exc:
-        raise corrupt(f"cannot unpickle value ({CODECS[codec]}): {type(exc).__name__}: {exc}") from exc
+        raise CorruptJournalError(
+            detail=f"cannot unpickle value ({CODECS[codec]}): {type(exc).__name__}: {exc}",
+            **(where() if where else {}),
+        ) from exc
+
+
+def reseal(
+    blob: bytes,
+    old: bytes,
+    new: bytes,
+    key: bytes | None,
+    where: Callable[[], dict[str, Any]] | None = None,
+) -> bytes:
+    """Verify ``blob`` under context ``old`` and return it signed for context ``new`` (same payload).
+
+    A signal's payload moves from its ``signals`` row to the step that consumes it; re-signing
+    keeps the bytes the sender wrote, so nothing is unpickled and pickled again.
+    """
+    codec, payload = check(blob, old, key, where)
+    if key is None:
+        return blob
+    header = _HEADER.pack(MAGIC, FRAME_VERSION, codec, FLAG_SIGNED, zlib.crc32(payload))
+    return header + _mac(key, new, header, payload) + payload
 
 
 def codec_of(blob: bytes | None) -> str | None:
-    if not blob or len(blob) < _HEADER.size:
+    if not blob or len(blob) < _HEADER_V1.size or blob[:2] != MAGIC:
         return None
     return CODECS.get(blob[3])
+
+
+def is_signed(blob: bytes | None) -> bool | None:
+    """Whether a blob says it carries an HMAC (None for version-1 frames, which do not say)."""
+    if not blob or len(blob) < _HEADER.size or blob[:2] != MAGIC or blob[2] != FRAME_VERSION:
+        return None
+    return bool(blob[4] & FLAG_SIGNED)
+
+
+def payload_of(blob: bytes) -> bytes | None:
+    """The pickle bytes inside a frame, unverified (for the safe preview, which never unpickles)."""
+    if len(blob) < _HEADER_V1.size or blob[:2] != MAGIC:
+        return None
+    if blob[2] == 1:
+        return blob[_HEADER_V1.size :]  # a v1 signed blob starts with its MAC: the preview says so
+    if blob[2] == FRAME_VERSION and len(blob) >= _HEADER.size:
+        return blob[_HEADER.size + (_MAC_LEN if blob[4] & FLAG_SIGNED else 0) :]
+    return None
+
+
+class Codec:
+    """Makes and reads every journal value under one signing policy (the key, or none).
+
+    The engine and the tools hold one of these instead of passing keys around: with a key,
+    every blob it reads is verified against its row identity before anything is unpickled,
+    and every blob it writes is signed. There is no way around it in engine code.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+
+    @property
+    def signing(self) -> bool:
+        return self.key is not None
+
+    def seal(self, value: Any, context: bytes) -> bytes:
+        return encode(value, context, self.key)
+
+    def open(self, blob: bytes, context: bytes, where: Callable[[], dict[str, Any]] | None = None) -> Any:
+        return decode(blob, context, self.key, where)
+
+    def check(self, blob: bytes, context: bytes, where: Callable[[], dict[str, Any]] | None = None) -> None:
+        check(blob, context, self.key, where)
+
+    def reseal(
+        self, blob: bytes, old: bytes, new: bytes, where: Callable[[], dict[str, Any]] | None = None
+    ) -> bytes:
+        return reseal(blob, old, new, self.key, where)
 
 
 # --------------------------------------------------------------------------- fingerprints

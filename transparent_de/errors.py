@@ -23,6 +23,8 @@ __all__ = [
     "ForeignDatabaseError",
     "JournalError",
     "JournalIOError",
+    "JournalKeyError",
+    "JournalPermissionError",
     "NonDeterminismError",
     "NotADatabaseError",
     "SchemaTooNewError",
@@ -216,6 +218,36 @@ class CorruptJournalError(JournalError):
             f"{where} in {f['path']} is corrupt: {f['detail']}. transparent_de stops rather than "
             "re-running a step whose outcome it cannot read. Restore the journal from a backup, "
             "or run `transparent-de doctor` to see which rows are affected."
+        )
+
+
+class JournalKeyError(JournalError):
+    """The journal's values are signed, and this process has no key to check them with."""
+
+    def __init__(self, message: str = "", *, path: str = "", flow_id: str = "", step: int = -1) -> None:
+        super().__init__(message, path=path, flow_id=flow_id, step=step)
+
+    def _build(self, **f: Any) -> str:
+        where = f"flow {f['flow_id']}, step {f['step']} in {f['path']}" if f["flow_id"] else "a value"
+        return (
+            f"{where} is signed (HMAC), and no key is set in this process, so it cannot be checked "
+            "and is not read. Set TRANSPARENT_DE_HMAC_KEY (or Engine(hmac_key=...)) to the key the "
+            "journal was written with; nothing was read or run."
+        )
+
+
+class JournalPermissionError(JournalError):
+    """The journal (or its -wal/-shm) can be written by other users: they could make it run code."""
+
+    def __init__(self, message: str = "", *, path: str = "", mode: int = 0, detail: str = "") -> None:
+        super().__init__(message, path=path, mode=mode, detail=detail)
+
+    def _build(self, **f: Any) -> str:
+        return (
+            f"{f['path']} has mode {f['mode']:04o}: {f['detail']}. Whoever can write a journal can "
+            "make the processes that resume its flows run code, so transparent_de does not use it. "
+            f"Run `chmod 600 {f['path']}` (and its -wal/-shm files) as its owner; the file was left "
+            "untouched."
         )
 
 
