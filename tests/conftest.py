@@ -1,14 +1,19 @@
-"""Shared fixtures: a fresh journal per test and a way to import flow source through the real hook."""
+"""Shared fixtures: a fresh journal per test, flow source imported through the real hook, the CLI."""
 
 from __future__ import annotations
 
 import importlib
 import itertools
+import json
+import os
+import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -53,3 +58,110 @@ def flow_module(tmp_path: Path) -> Iterator[Callable[[str], ModuleType]]:
         h.uninstall()
     for p in added:
         sys.path.remove(p)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FLOWS = """
+import os
+import transparent_de
+
+
+class Order:
+    __flow__ = ("run", "approval", "boom", "crashy")
+
+    def run(self, order_id, qty=1):
+        order = self.load(order_id)
+        return {"order": order_id, "total": self.price(order, qty)}
+
+    def approval(self, who):
+        x = self.load(who)
+        ok = transparent_de.wait_for(self.confirm)
+        return {"who": x, "ok": ok}
+
+    def boom(self):
+        self.load(1)
+        raise ValueError("kaboom")
+
+    def crashy(self, n):
+        self.load(n)
+        self.maybe_die()
+        return n * 2
+
+    def load(self, order_id):
+        return {"id": order_id}
+
+    def price(self, order, qty):
+        return 12.5 * qty
+
+    def confirm(self, answer):
+        return answer
+
+    def maybe_die(self):
+        if os.environ.get("CLI_TEST_CRASH"):
+            os._exit(3)
+        return "alive"
+"""
+
+
+class CLI:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.db = tmp / "journal.db"
+        pkg = tmp / "src" / "clitestflows"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "flows.py").write_text(textwrap.dedent(FLOWS))
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(tmp / "src"), str(ROOT)])
+        self.env["TRANSPARENT_DE_DB"] = str(self.db)
+        self.env.pop("CLI_TEST_CRASH", None)
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "transparent_de", *args]
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args),
+            env=env or self.env,
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def json(self, *args: str) -> Any:
+        p = self(*args, "--json")
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            env=self.env,
+            cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_for_flow(self, flow_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.db.exists():
+                p = self("list", "--json")
+                if p.returncode == 0:
+                    for f in json.loads(p.stdout):
+                        if f["flow_id"] == flow_id and f["steps"] >= 1:
+                            return f  # type: ignore[no-any-return]
+            time.sleep(0.2)
+        raise AssertionError(f"flow {flow_id} did not appear")
+
+
+@pytest.fixture
+def tde(tmp_path: Path) -> CLI:
+    return CLI(tmp_path)

@@ -3,123 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import TYPE_CHECKING, Any
 
 from transparent_de import cli
 
+if TYPE_CHECKING:
+    from conftest import CLI
+
 ROOT = Path(__file__).resolve().parent.parent
-
-FLOWS = """
-import os
-import transparent_de
-
-
-class Order:
-    __flow__ = ("run", "approval", "boom", "crashy")
-
-    def run(self, order_id, qty=1):
-        order = self.load(order_id)
-        return {"order": order_id, "total": self.price(order, qty)}
-
-    def approval(self, who):
-        x = self.load(who)
-        ok = transparent_de.wait_for(self.confirm)
-        return {"who": x, "ok": ok}
-
-    def boom(self):
-        self.load(1)
-        raise ValueError("kaboom")
-
-    def crashy(self, n):
-        self.load(n)
-        self.maybe_die()
-        return n * 2
-
-    def load(self, order_id):
-        return {"id": order_id}
-
-    def price(self, order, qty):
-        return 12.5 * qty
-
-    def confirm(self, answer):
-        return answer
-
-    def maybe_die(self):
-        if os.environ.get("CLI_TEST_CRASH"):
-            os._exit(3)
-        return "alive"
-"""
-
-
-class CLI:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.db = tmp / "journal.db"
-        pkg = tmp / "src" / "clitestflows"
-        pkg.mkdir(parents=True)
-        (pkg / "__init__.py").write_text("")
-        (pkg / "flows.py").write_text(textwrap.dedent(FLOWS))
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join([str(tmp / "src"), str(ROOT)])
-        self.env["TRANSPARENT_DE_DB"] = str(self.db)
-        self.env.pop("CLI_TEST_CRASH", None)
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "transparent_de", *args]
-
-    def __call__(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(*args),
-            env=env or self.env,
-            cwd=self.tmp,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def json(self, *args: str) -> Any:
-        p = self(*args, "--json")
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.argv(*args),
-            env=self.env,
-            cwd=self.tmp,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def wait_for_flow(self, flow_id: str, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.db.exists():
-                p = self("list", "--json")
-                if p.returncode == 0:
-                    for f in json.loads(p.stdout):
-                        if f["flow_id"] == flow_id and f["steps"] >= 1:
-                            return f  # type: ignore[no-any-return]
-            time.sleep(0.2)
-        raise AssertionError(f"flow {flow_id} did not appear")
-
-
-@pytest.fixture
-def tde(tmp_path: Path) -> CLI:
-    return CLI(tmp_path)
 
 
 def test_run_prints_result_and_is_memoized(tde: CLI) -> None:
@@ -161,25 +55,6 @@ def test_list_and_show(tde: CLI) -> None:
     assert steps[0]["result_codec"] == "pickle"
     text = tde("show", "o1").stdout
     assert "price" in text and "{'id': 7}" in text
-
-
-def test_show_does_not_unpickle_dill_blobs(tde: CLI) -> None:
-    import sqlite3
-
-    assert tde("run", "clitestflows.flows:Order.run", "7", "--flow-id", "o1").returncode == 0
-    con = sqlite3.connect(tde.db)
-    blob = con.execute("SELECT return_value FROM execution_log WHERE flow_id='o1' AND step=1").fetchone()[0]
-    # The same frame with codec 'D': would need dill to read. Default show must not decode it.
-    con.execute(
-        "UPDATE execution_log SET return_value=? WHERE flow_id='o1' AND step=1", (blob[:3] + b"D" + blob[4:],)
-    )
-    con.commit()
-    con.close()
-    step = tde.json("show", "o1")["steps"][1]
-    assert step["result_codec"] == "dill" and step["result_value"] is None
-    assert step["result"].startswith("<dill,")
-    unsafe = tde.json("show", "o1", "--unsafe-decode")["steps"][1]
-    assert unsafe["result_value"] == {"id": 7}  # dill reads plain pickles
 
 
 def test_unknown_flow_and_missing_journal(tde: CLI) -> None:

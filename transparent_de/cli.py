@@ -23,10 +23,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import _hook, _versions
+from . import _hook, _preview, _versions
 from ._engine import Engine, FlowInfo, StepInfo
+from ._journal import ro_uri
 from ._schema import APPLICATION_ID, SCHEMA_VERSION, STATUSES
-from ._serialization import codec_of, decode, hmac_key
+from ._serialization import Codec, codec_of, hmac_key, is_signed, step_context
 from .errors import (
     FlowCancelledError,
     FlowFailedError,
@@ -119,7 +120,7 @@ def _flow_packages(path: str, where: str = "", params: tuple[Any, ...] = ()) -> 
     if not os.path.exists(path):
         return []
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(ro_uri(path), uri=True)
         try:
             rows = con.execute(f"SELECT DISTINCT module FROM flows {where}", params).fetchall()
         finally:
@@ -138,32 +139,44 @@ def _install(packages: Sequence[str]) -> None:
         _hook.install(*todo)
 
 
-def _decoded(blob: bytes | None, context: bytes, unsafe: bool) -> tuple[str, Any]:
-    """(short text, json value) of a framed blob; dill blobs only with ``unsafe``."""
+def _decoded(blob: bytes | None, context: bytes, codec: Codec | None, call: bool = False) -> tuple[str, Any]:
+    """(short text, json value) of a framed blob.
+
+    Without ``codec`` (the default of every read-only command) the value is only *previewed*
+    from its pickle opcodes (:mod:`._preview`): nothing from the journal is imported or run.
+    With one (``show --unsafe-decode``) it is verified and unpickled for real.
+    """
     if blob is None:
         return "", None
-    codec = codec_of(blob)
+    blob = bytes(blob)
     if codec is None:
-        return f"<{len(blob)} bytes, no frame>", None
-    if codec != "pickle" and not unsafe:
-        return f"<{codec}, {len(blob)} bytes>", None
+        text = _preview.call_args(blob) if call else _preview.preview(blob)
+        plain, value = _preview.plain_value(blob)  # JSON for plain data, still without unpickling
+        return text, value if plain else None
     try:
-        value = decode(blob, context, hmac_key())
-    except Exception as exc:  # a corrupt blob or a class that no longer imports
-        return f"<{codec}, {len(blob)} bytes: {type(exc).__name__}>", None
+        value = codec.open(blob, context)
+    except Exception as exc:  # a corrupt or unsigned blob, or a class that no longer imports
+        return f"<{codec_of(blob)}, {len(blob)} bytes: {type(exc).__name__}: {exc}>", None
+    if call and isinstance(value, tuple) and len(value) == 2:
+        args, kwargs = value
+        if isinstance(args, tuple) and isinstance(kwargs, dict):
+            text = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+            return text, _jsonable(value)
     return repr(value), _jsonable(value)
 
 
-def _format_args(value: Any) -> str:
-    if (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], tuple)
-        and isinstance(value[1], dict)
-    ):
-        parts = [repr(a) for a in value[0]] + [f"{k}={v!r}" for k, v in value[1].items()]
-        return ", ".join(parts)
-    return repr(value)
+def _unsafe_codec(args: argparse.Namespace) -> Codec | None:
+    """The codec ``show --unsafe-decode`` decodes with: verified with a key, or explicitly not."""
+    if not args.unsafe_decode:
+        return None
+    key = hmac_key()
+    if key is None and not args.no_verify:
+        raise UsageError(
+            "--unsafe-decode unpickles journal values, which runs whatever code they name, and no "
+            "TRANSPARENT_DE_HMAC_KEY is set to verify them first. Set the key the journal was signed "
+            "with, or add --no-verify to decode an unsigned journal you trust"
+        )
+    return Codec(key)
 
 
 # --------------------------------------------------------------------------- commands
@@ -283,7 +296,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     status = args.status.upper() if args.status else None
     if status and status not in STATUSES:
         raise UsageError(f"unknown status {args.status!r} (one of {', '.join(STATUSES)})")
-    engine = Engine(args.db)
+    engine = Engine(args.db, readonly=True)
     try:
         flows = engine.flows(status)
     finally:
@@ -318,7 +331,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     _require_journal(args.db)
-    engine = Engine(args.db)
+    codec = _unsafe_codec(args)
+    if codec is not None and not codec.signing:
+        print("transparent-de: warning: decoding unverified values (--no-verify)", file=sys.stderr)
+    engine = Engine(args.db, readonly=True)
     try:
         steps = engine.steps(args.flow_id)
         flow = next((f for f in engine.flows() if f.flow_id == args.flow_id), None)
@@ -326,11 +342,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         engine.close()
     out = []
     for s in steps:
-        ctx = f"{args.flow_id}\x00{s.step}\x00".encode()
-        a_text, a_val = _decoded(s.parameters, ctx + b"p", args.unsafe_decode)
-        if s.parameters is not None and a_text and not a_text.startswith("<"):
-            a_text = _format_args(decode(s.parameters, ctx + b"p", hmac_key()))
-        r_text, r_val = _decoded(s.return_value, ctx + b"r", args.unsafe_decode)
+        a_text, a_val = _decoded(s.parameters, step_context(args.flow_id, s.step, b"p"), codec, call=True)
+        r_text, r_val = _decoded(s.return_value, step_context(args.flow_id, s.step, b"r"), codec)
         out.append((s, a_text, a_val, r_text, r_val))
 
     def step_dict(s: StepInfo, a_text: str, a_val: Any, r_text: str, r_val: Any) -> dict[str, Any]:
@@ -503,14 +516,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     problems: list[str] = []
     report: dict[str, Any] = {"journal": os.path.abspath(args.db)}
     try:
-        con = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+        con = sqlite3.connect(ro_uri(args.db), uri=True)
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
             version = con.execute("PRAGMA user_version").fetchone()[0]
             integrity = [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
             counts: dict[str, int] = {}
+            signed = {True: 0, False: 0, None: 0}
             if app_id == APPLICATION_ID:
                 counts = dict(con.execute("SELECT status, count(*) FROM flows GROUP BY status").fetchall())
+                for (blob,) in con.execute("SELECT instance FROM flows"):
+                    signed[is_signed(blob)] += 1
         finally:
             con.close()
     except sqlite3.Error as exc:
@@ -531,6 +547,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         problems.append(f"schema version {version} is newer than this version supports ({SCHEMA_VERSION})")
     if integrity != ["ok"]:
         problems.append("integrity_check: " + "; ".join(integrity[:5]))
+    key = hmac_key() is not None
+    mode = os.stat(args.db).st_mode & 0o777
+    if signed[True] and not key:
+        problems.append(
+            f"{signed[True]} flow(s) are signed but TRANSPARENT_DE_HMAC_KEY is not set: they cannot be resumed here"
+        )
+    if signed[False] and key:
+        problems.append(f"{signed[False]} flow(s) are not signed, and signing is on: they will be refused")
+    signing = (
+        "on (TRANSPARENT_DE_HMAC_KEY is set)"
+        if key
+        else "OFF: whoever can write the journal can make processes that resume its flows run code "
+        "(set TRANSPARENT_DE_HMAC_KEY; docs/journal.md#threat-model)"
+    )
+    report.update(
+        signing=key,
+        file_mode=f"{mode:04o}",
+        signed_flows=signed[True],
+        unsigned_flows=signed[False],
+    )
     hooks = [repr(f) for f in sys.meta_path if isinstance(f, _hook.FlowFinder)]
     supported = _versions.PY in _versions.SUPPORTED
     if not supported:
@@ -554,6 +590,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             f"schema       {version} (supported {SCHEMA_VERSION})",
             f"integrity    {'ok' if integrity == ['ok'] else 'FAILED'}",
             "flows        " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"),
+            f"signing      {signing}",
+            f"signed       {signed[True]} flow(s) signed, {signed[False]} unsigned",
+            f"file mode    {mode:04o}" + ("" if mode & 0o077 == 0 else " (others may read or write it)"),
             "hooks        " + (", ".join(hooks) or "none installed in this process"),
             f"python       {report['python']} ({sys.implementation.name}, cache tag {_hook.CACHE_TAG})",
             f"supported    {'yes' if supported else 'NO'}",
@@ -643,7 +682,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", parents=[common], help="show a flow's step log")
     p.add_argument("flow_id", metavar="FLOW_ID")
     p.add_argument(
-        "--unsafe-decode", action="store_true", help="also unpickle dill blobs (runs code from the journal)"
+        "--unsafe-decode",
+        action="store_true",
+        help="unpickle values for real (runs code they name); needs TRANSPARENT_DE_HMAC_KEY to verify them",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="with --unsafe-decode and no key: decode an unsigned journal you trust",
     )
     p.set_defaults(func=cmd_show)
 
