@@ -35,7 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(1, ROOT)
 
 import transparent_de  # noqa: E402
-from transparent_de._schema import SCHEMA  # noqa: E402
+from transparent_de._store.sqlite_sql import SCHEMA  # noqa: E402
 
 transparent_de.install("bench_flows")
 from bench_flows.flows import CrashFlow, PayloadFlow, PlainFlow, StepFlow  # noqa: E402

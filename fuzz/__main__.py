@@ -9,6 +9,7 @@ line and ``N passed, N failed``; a failure prints the command that replays it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -20,9 +21,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from fuzz import harness, programs
+from fuzz.planted import BUGS, planted
 
 
-def _run(examples: int, seed_: int) -> bool:
+def _run(examples: int, seed_: int, bug: str | None = None) -> bool:
     @seed(seed_)
     @settings(
         max_examples=examples,
@@ -38,11 +40,12 @@ def _run(examples: int, seed_: int) -> bool:
         harness.check(source, schedule)
 
     try:
-        prop()
+        with planted(bug) if bug else contextlib.nullcontext():
+            prop()
     except Exception as exc:
         print(f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-        env = f"TDE_PLANTED_BUG={planted} " if (planted := os.environ.get("TDE_PLANTED_BUG")) else ""
-        print(f"seed {seed_}; replay with: {env}python -m fuzz --examples {examples} --seed {seed_}")
+        flag = f" --planted {bug}" if bug else ""
+        print(f"seed {seed_}; replay with: python -m fuzz --examples {examples} --seed {seed_}{flag}")
         return False
     return True
 
@@ -52,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="forked worker processes (seed S*1000+j each)")
+    parser.add_argument("--planted", choices=sorted(BUGS), help="run against an engine with this bug planted")
     args = parser.parse_args(argv)
     start = time.monotonic()
     shares = [args.examples // args.jobs + (j < args.examples % args.jobs) for j in range(max(1, args.jobs))]
     if args.jobs <= 1:
-        results = [_run(args.examples, args.seed)]
+        results = [_run(args.examples, args.seed, args.planted)]
     else:
         results = []
         children = []
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if pid == 0:
                 ok = False
                 try:
-                    ok = _run(share, args.seed * 1000 + j)
+                    ok = _run(share, args.seed * 1000 + j, args.planted)
                     with open(out, "wb") as f:
                         pickle.dump((ok, harness.STATS), f)
                 finally:

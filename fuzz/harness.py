@@ -65,12 +65,13 @@ def planted_bug(name: str) -> Iterator[None]:
     The violations a planted bug causes are the point of the exercise, so the summary line
     reports only how many bugs were caught, and keeps counting real runs.
     """
+    from fuzz.planted import planted
+
     saved = dataclasses.replace(STATS)
-    _faults.planted_bug = name
     try:
-        yield
+        with planted(name):
+            yield
     finally:
-        _faults.planted_bug = None
         caught = STATS.planted_caught
         for f in dataclasses.fields(Stats):
             setattr(STATS, f.name, getattr(saved, f.name))
@@ -209,7 +210,7 @@ def run_in_child(
     """Run (or resume) the flow in a forked child with ``FaultPlan(at=at)`` (signed with ``key``).
 
     A crash is ``os._exit`` with the journal left open, as a kill would leave it. The child
-    inherits the parent's planted bug, if any (``TDE_PLANTED_BUG`` or :func:`planted_bug`).
+    inherits the parent's planted bug, if any (:func:`planted_bug`).
     """
     out = os.path.join(workdir, "outcome.pickle")
     if os.path.exists(out):

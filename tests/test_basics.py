@@ -32,7 +32,7 @@ class Hello:
 
 
 def rows(engine, flow_id):
-    con = sqlite3.connect(engine.journal.path)
+    con = sqlite3.connect(engine.store.path)
     try:
         return con.execute(
             "SELECT step, method_name, status, attempts FROM execution_log WHERE flow_id=? ORDER BY step",

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import query
 
 import transparent_de
 from transparent_de import Engine, errors
-from transparent_de._journal import Journal
-from transparent_de._schema import APPLICATION_ID, SCHEMA_VERSION
 from transparent_de._serialization import encode
+from transparent_de._store.sqlite_file import SQLiteFile
+from transparent_de._store.sqlite_sql import APPLICATION_ID, SCHEMA_VERSION
 from transparent_de.errors import (
     CorruptJournalError,
     ForeignDatabaseError,
@@ -78,7 +79,7 @@ def test_text_file_is_not_a_database_and_is_left_untouched(tmp_path: Path) -> No
     p.write_text("hello, these are my notes\n" * 20)
     before = p.read_bytes()
     with pytest.raises(NotADatabaseError) as ei:
-        Journal(str(p))
+        SQLiteFile(str(p))
     assert ei.value.path == str(p)
     assert p.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
@@ -93,25 +94,25 @@ def test_foreign_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
     con.close()
     before = p.read_bytes()
     with pytest.raises(ForeignDatabaseError):
-        _ = Engine(p).journal
+        _ = Engine(p).store
     assert p.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["other.db"]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "j.db"
-    Journal(str(p)).close()
+    SQLiteFile(str(p)).close()
     con = sqlite3.connect(p)
     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     with pytest.raises(SchemaTooNewError) as ei:
-        Journal(str(p))
+        SQLiteFile(str(p))
     assert ei.value.found == SCHEMA_VERSION + 1 and ei.value.supported == SCHEMA_VERSION
 
 
 def test_new_journal_mode_and_ids(tmp_path: Path) -> None:
     p = tmp_path / "sub" / "j.db"
-    j = Journal(str(p))
+    j = SQLiteFile(str(p))
     try:
         j.read("SELECT 1")
         assert os.stat(p).st_mode & 0o777 == 0o600
@@ -156,7 +157,7 @@ def test_corrupt_return_value_stops_replay_without_rerunning(engine, flow_module
     m.FAIL.add("two")
     with pytest.raises(RuntimeError):
         transparent_de.run(m.J().run, 1, flow_id="c1")
-    path = Path(engine.journal.path)
+    path = Path(engine.store.path)
     blob = bytearray(_return_value(path, "c1", 1))
     blob[-2] ^= 0xFF
     _corrupt(path, "c1", 1, bytes(blob))
@@ -175,7 +176,7 @@ def test_hmac_detects_a_tampered_blob(engine, flow_module, monkeypatch) -> None:
     m.FAIL.add("two")
     with pytest.raises(RuntimeError):
         transparent_de.run(m.J().run, 1, flow_id="h1")
-    path = Path(engine.journal.path)
+    path = Path(engine.store.path)
     # A well-framed blob (valid CRC) signed with another key: only the HMAC can tell.
     _corrupt(path, "h1", 1, encode(99, b"h1\x001\x00r", b"other key"))
     m.FAIL.clear()
@@ -196,7 +197,7 @@ def test_unpicklable_step_argument(engine, flow_module) -> None:
     err = ei.value
     assert err.flow_id == "s1" and err.step == 2 and err.method == "use"
     assert "Locky" in str(err) and "use" in str(err) and "step 2" in str(err)
-    steps = [(r[1], r[4], r[6]) for r in dump(Path(engine.journal.path)) if r[1] > 0]
+    steps = [(r[1], r[4], r[6]) for r in dump(Path(engine.store.path)) if r[1] > 0]
     assert [s[:2] for s in steps] == [(1, "one")]  # nothing was written for step 2
 
 
@@ -205,7 +206,7 @@ def test_lock_held_by_another_process_then_flow_completes(tmp_path: Path, flow_m
     db = tmp_path / "j.db"
     eng = Engine(db, durability="process", busy_timeout=0.2)
     try:
-        eng.journal.read("SELECT 1")
+        query(eng, "SELECT 1")
         holder = subprocess.Popen(
             [
                 sys.executable,
@@ -241,7 +242,7 @@ def test_disk_full_is_an_io_error_and_loses_nothing(tmp_path: Path, flow_module)
     eng = Engine(db, durability="process")
     try:
         assert eng.run(m.J().run, 1, flow_id="ok") == [4, ""]
-        con = eng.journal.conn()  # max_page_count is per connection: cap the engine's own
+        con = eng.store.file.conn()  # max_page_count is per connection: cap the engine's own
         pages = con.execute("PRAGMA page_count").fetchone()[0]
         con.execute(f"PRAGMA max_page_count = {pages + 2}")
         with pytest.raises(JournalIOError) as ei:
@@ -297,3 +298,21 @@ def test_errors_pickle_round_trip(err: errors.TransparentDEError) -> None:
     assert back.fields == err.fields
     for k, v in err.fields.items():
         assert getattr(back, k) == v
+
+
+def test_database_strings_are_parsed_never_taken_for_odd_file_names(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url_path = tmp_path / "via-url.db"
+    eng = Engine(f"sqlite://{url_path}", durability="process")
+    try:
+        assert eng.store.path == str(url_path) and url_path.exists()
+    finally:
+        eng.close()
+    for bad, match in (
+        ("postgresql://user@localhost/db", "PostgreSQL"),
+        ("mysql://user@localhost/db", "unknown journal URL scheme 'mysql'"),
+        ("sqlite://", "needs a path"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _ = Engine(bad).store
+    assert sorted(os.listdir(tmp_path)) == ["via-url.db"]  # no folder named 'postgresql:'

@@ -52,7 +52,7 @@ def test_a_flow_running_in_another_live_process_is_refused(engine, flow_module, 
         f"from {m.__name__} import Slow; "
         "print(transparent_de.run(Slow().run, 3.0, flow_id='busy'))"
     )
-    env = dict(os.environ, TRANSPARENT_DE_DB=engine.journal.path)
+    env = dict(os.environ, TRANSPARENT_DE_DB=engine.store.path)
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     try:
         _wait_for_file(str(mark))
@@ -89,7 +89,7 @@ def test_a_flow_whose_owner_was_killed_is_taken_over_at_once(engine, flow_module
         f"transparent_de.install({m.__name__.split('.')[0]!r}); "
         f"from {m.__name__} import Slow; transparent_de.run(Slow().run, 30.0, flow_id='dead')"
     )
-    env = dict(os.environ, TRANSPARENT_DE_DB=engine.journal.path, TDE_TEST_SLEEP="30")
+    env = dict(os.environ, TRANSPARENT_DE_DB=engine.store.path, TDE_TEST_SLEEP="30")
     child = subprocess.Popen([sys.executable, "-c", code], env=env)
     _wait_for_file(str(mark))
     child.kill()
@@ -129,7 +129,7 @@ def test_a_process_that_lost_its_flow_cannot_commit_into_it(engine, flow_module)
     """Fencing: once another owner claimed the flow, this one's next write is refused, nothing lands."""
     import sqlite3
 
-    from transparent_de._journal import LeaseLost
+    from transparent_de._store.base import LeaseLost
 
     m = flow_module(GATED)
     outcome: list[BaseException] = []
@@ -143,7 +143,7 @@ def test_a_process_that_lost_its_flow_cannot_commit_into_it(engine, flow_module)
     t = threading.Thread(target=run)
     t.start()
     assert m.ENTERED.wait(20)
-    con = sqlite3.connect(engine.journal.path)
+    con = sqlite3.connect(engine.store.path)
     with con:  # what another process's claim does: a new owner, a new fencing token
         con.execute("UPDATE flows SET owner='elsewhere:1:x', fence=fence+1 WHERE flow_id='fenced'")
     m.GATE.set()
@@ -177,7 +177,7 @@ def test_processes_opening_a_fresh_journal_at_once_all_succeed(tmp_path):
     code = (
         "import sys, time, transparent_de\n"
         "while time.time() < float(sys.argv[2]): pass\n"
-        "transparent_de.Engine(sys.argv[1], durability='process').journal\n"
+        "transparent_de.Engine(sys.argv[1], durability='process').store\n"
         "print('ok')\n"
     )
     for attempt in range(4):

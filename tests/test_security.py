@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import query
 
 import transparent_de
 from transparent_de import Engine, _engine, _faults
-from transparent_de._journal import Journal
 from transparent_de._serialization import encode
+from transparent_de._store.sqlite_file import SQLiteFile
 from transparent_de.errors import (
     CorruptJournalError,
     ForeignDatabaseError,
@@ -92,7 +93,7 @@ def _sql(path: str | Path, statement: str, params: tuple[Any, ...] = ()) -> list
 def _wait_status(engine: Engine, fid: str, status: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if engine.journal.read("SELECT status FROM flows WHERE flow_id=?", (fid,)) == [(status,)]:
+        if query(engine, "SELECT status FROM flows WHERE flow_id=?", (fid,)) == [(status,)]:
             return
         time.sleep(0.02)
     raise AssertionError(f"flow {fid} never became {status}")
@@ -108,7 +109,7 @@ def test_forged_signal_is_refused_not_unpickled(engine, flow_module, monkeypatch
     _wait_status(engine, "s1", "WAITING_FOR_SIGNAL")
     marker = tmp_path / "PWNED-signal"
     _sql(
-        engine.journal.path,
+        engine.store.path,
         "INSERT INTO signals (flow_id, step_name, payload, sent) VALUES ('s1', 'confirm', ?, 0)",
         (encode(Evil(marker)),),
     )
@@ -130,7 +131,7 @@ def test_a_signal_moved_to_another_flow_does_not_verify(engine, flow_module, mon
     _wait_status(engine, "m2", "WAITING_FOR_SIGNAL")
     # A genuine, signed payload copied into a new row: its MAC is bound to flow m1's row.
     _sql(
-        engine.journal.path,
+        engine.store.path,
         "INSERT INTO signals (flow_id, step_name, payload, sent) "
         "SELECT 'm2', step_name, payload, sent FROM signals WHERE flow_id = 'm1'",
     )
@@ -154,7 +155,7 @@ class Boom:
 def _resumable_flow(engine: Engine, m: Any, fid: str) -> None:
     with pytest.raises(RuntimeError, match="not yet"):
         transparent_de.run(m.Approve().fails, "ann", flow_id=fid)
-    assert engine.journal.read("SELECT status FROM flows WHERE flow_id=?", (fid,)) == [("PENDING",)]
+    assert query(engine, "SELECT status FROM flows WHERE flow_id=?", (fid,)) == [("PENDING",)]
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_rewritten_identity_columns_are_refused_before_import(
     evil = f"tdeevil{os.getpid()}"
     (tmp_path / "src" / f"{evil}.py").write_text(EVIL_MODULE.format(marker=str(marker)))
     _resumable_flow(engine, m, "i1")
-    _sql(engine.journal.path, tamper + " WHERE flow_id = 'i1'", (evil,))
+    _sql(engine.store.path, tamper + " WHERE flow_id = 'i1'", (evil,))
     for attempt in (lambda: [h.result(timeout=10) for h in transparent_de.recover()],
                     lambda: transparent_de.signal("i1", "confirm", "x")):  # fmt: skip
         with pytest.raises(CorruptJournalError) as ei:
@@ -200,7 +201,7 @@ def test_signed_journal_without_the_key_says_so(engine, flow_module, monkeypatch
     monkeypatch.setenv("TRANSPARENT_DE_HMAC_KEY", KEY)
     m = flow_module(SOURCE)
     _resumable_flow(engine, m, "k1")
-    other = Engine(engine.journal.path, durability="process", hmac_key=None)
+    other = Engine(engine.store.path, durability="process", hmac_key=None)
     try:
         with pytest.raises(JournalKeyError, match="TRANSPARENT_DE_HMAC_KEY") as ei:
             other.run(m.Approve().fails, "ann", flow_id="k1")
@@ -249,9 +250,9 @@ def test_unsigned_journal_is_reported_once_per_process(tmp_path, monkeypatch, ca
     caplog.set_level(logging.WARNING, logger="transparent_de.journal")
     engines = [Engine(tmp_path / f"j{i}.db", durability="process") for i in range(2)]
     for e in engines:
-        _ = e.journal
+        _ = e.store
     reader = Engine(tmp_path / "j0.db", readonly=True)
-    _ = reader.journal
+    _ = reader.store
     warnings = [r for r in caplog.records if r.name == "transparent_de.journal"]
     assert len(warnings) == 1 and "not signed" in warnings[0].getMessage()
     for e in [*engines, reader]:
@@ -275,7 +276,7 @@ def test_pre_created_world_writable_file_is_tightened(tmp_path) -> None:
     p = tmp_path / "j.db"
     p.touch()
     os.chmod(p, 0o666)
-    j = Journal(str(p), durability="process")
+    j = SQLiteFile(str(p), durability="process")
     try:
         with j.write() as con:
             con.execute("SELECT 1")
@@ -289,14 +290,14 @@ def test_pre_created_world_writable_file_is_tightened(tmp_path) -> None:
 @pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
 def test_world_writable_journal_files_are_refused(tmp_path, suffix) -> None:
     p = tmp_path / "j.db"
-    Journal(str(p), durability="process").close()
+    SQLiteFile(str(p), durability="process").close()
     target = Path(f"{p}{suffix}")
     if not target.exists():
         target.write_bytes(b"")
     os.chmod(target, 0o666)
     before = p.read_bytes()
     with pytest.raises(JournalPermissionError) as ei:
-        Journal(str(p), durability="process")
+        SQLiteFile(str(p), durability="process")
     assert ei.value.path == str(target) and "0666" in str(ei.value) and "chmod 600" in str(ei.value)
     assert p.read_bytes() == before
 
@@ -315,7 +316,7 @@ def test_a_foreign_database_named_like_ours_is_never_written(tmp_path) -> None:
     _sql(p, "CREATE TABLE flows (flow_id TEXT, owner TEXT)")
     _sql(p, "INSERT INTO flows VALUES ('x', 'someone')")
     before = p.read_bytes()
-    for opener in (lambda: Journal(str(p)), lambda: Journal(str(p), readonly=True)):
+    for opener in (lambda: SQLiteFile(str(p)), lambda: SQLiteFile(str(p), readonly=True)):
         with pytest.raises(ForeignDatabaseError):
             opener()
     assert p.read_bytes() == before  # not switched to WAL, no schema added
@@ -362,7 +363,7 @@ def test_signal_delivery_crashes_never_leave_a_signed_flow_stuck(flow_module, tm
             eng = Engine(db, durability="process", park_after=0.0, poll_interval=0.01, hmac_key=KEY)
             eng.start(m.Approve().run, "ann", flow_id="d1")
             deadline = time.monotonic() + 10
-            while eng.journal.read("SELECT waiting_for FROM flows WHERE flow_id='d1'") != [("confirm",)]:
+            while query(eng, "SELECT waiting_for FROM flows WHERE flow_id='d1'") != [("confirm",)]:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             eng.signal("d1", "confirm", "yes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transparent_de import _faults
+from transparent_de._store.sqlite_sql import Q
 from transparent_de.testing import assert_recovers, crash_sweep
 
 SOURCE = """
@@ -46,7 +46,9 @@ def test_every_crash_point_recovers_to_the_same_result(flow_module, tmp_path):
 
 def test_the_sweep_catches_a_broken_engine(flow_module, tmp_path, monkeypatch):
     m = flow_module(SOURCE)
-    monkeypatch.setattr(_faults, "planted_bug", "replay-pending-as-complete")
+    # A broken engine: PENDING steps read back as COMPLETE, so a crashed step is never re-run.
+    broken = Q["load_steps"].replace("status,", "CASE status WHEN 'PENDING' THEN 'COMPLETE' ELSE status END,", 1)
+    monkeypatch.setitem(Q, "load_steps", broken)
     report = crash_sweep(m.Checkout().run, 2, workdir=str(tmp_path))
     assert report.failures, report.summary()
     with pytest.raises(AssertionError, match="divergences"):

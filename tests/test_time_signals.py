@@ -79,7 +79,7 @@ class TimedSignup:
 
 
 def journal_rows(engine, flow_id):
-    con = sqlite3.connect(engine.journal.path)
+    con = sqlite3.connect(engine.store.path)
     try:
         return con.execute(
             "SELECT step, class_name, method_name, status, delay, kind FROM execution_log "
@@ -140,7 +140,7 @@ def test_durable_sleep_blocks_and_is_journaled(engine, flow_module):
 
 def test_sleep_survives_a_crash_and_only_the_rest_is_slept(engine, flow_module, tmp_path):
     m = flow_module(SLEEPY)
-    db = engine.journal.path
+    db = engine.store.path
     starter = _child_script(
         tmp_path, m, 'print(transparent_de.run(m.Sleepy().run, 3.0, flow_id="crash"), flush=True)\n'
     )
@@ -248,7 +248,7 @@ def test_signal_from_another_process(engine, flow_module, tmp_path):
     h = transparent_de.start(m.Signup().run, "d@x", flow_id="sig4")
     time.sleep(0.3)
     sender = _child_script(tmp_path, m, 'transparent_de.signal("sig4", "confirm", "FROM-PROC")\n')
-    p = _spawn(sender, engine.journal.path)
+    p = _spawn(sender, engine.store.path)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert h.result(timeout=10) == "d@x:FROM-PROC"
@@ -256,7 +256,7 @@ def test_signal_from_another_process(engine, flow_module, tmp_path):
 
 def test_signal_across_a_crash_of_the_waiting_process(engine, flow_module, tmp_path):
     m = flow_module(SIGNUP)
-    db = engine.journal.path
+    db = engine.store.path
     waiter = _child_script(
         tmp_path, m, 'print(transparent_de.run(m.Signup().run, "e@x", flow_id="sig5"), flush=True)\n'
     )
@@ -430,7 +430,7 @@ def test_captured_values_are_equal_across_replay(engine, flow_module):
     time.sleep(0.02)
     values, inside = transparent_de.run(m.Captures().run, flow_id="cap1")
     # The first run's captures are journaled with the step that failed, then replayed.
-    con = sqlite3.connect(engine.journal.path)
+    con = sqlite3.connect(engine.store.path)
     kinds = [k for (k,) in con.execute("SELECT kind FROM execution_log WHERE flow_id='cap1' ORDER BY step")]
     con.close()
     assert kinds.count("capture") == 6
@@ -461,7 +461,7 @@ def test_calls_inside_a_step_are_not_captured(engine, flow_module):
     transparent_de.run(m.Captures().run, flow_id="cap3")
     m.Captures().inside()  # a plain call outside a flow
     assert m.INSIDE[0] != m.INSIDE[1]
-    con = sqlite3.connect(engine.journal.path)
+    con = sqlite3.connect(engine.store.path)
     methods = [
         r[0]
         for r in con.execute("SELECT method_name FROM execution_log WHERE flow_id='cap3' AND kind='capture'")

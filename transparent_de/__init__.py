@@ -26,8 +26,10 @@ from ._api import (
     wait_for,
     worker,
 )
-from ._engine import Engine, FlowHandle, FlowInfo, StepInfo
+from ._engine import Engine
+from ._handle import FlowHandle
 from ._hook import InstallHandle, install, install_this_package, rewrite_class
+from ._store.base import FlowInfo, StepInfo
 from .errors import (
     FlowBusyError,
     FlowNotRewrittenError,

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._engine import Engine, FlowHandle
+from ._engine import Engine
+from ._handle import FlowHandle
 from ._trampoline import BoundStep, current_run
 from .errors import TransparentDEError
 

@@ -1,20 +1,25 @@
 """Named crash points inside the engine (FoundationDB's BUGGIFY, SQLite's fault loop).
 
 ``point(label)`` is called at every journal boundary. With no plan installed it is one
-global load and a comparison. The test toolkit and the fuzz suite install a plan that counts
-hits and, at a chosen hit, kills the process (``os._exit``), raises :class:`InjectedCrash`
-(a ``BaseException``: user ``except Exception`` cannot swallow it) or calls back.
+global load and a comparison, and nothing outside the process can install one: a plan is
+installed only by code that calls :func:`install` (the test toolkit and the fuzz suite).
+It counts hits and, at a chosen hit, kills the process (``os._exit``), raises
+:class:`InjectedCrash` (a ``BaseException``: user ``except Exception`` cannot swallow it) or
+calls back. Broken engine variants for the fuzz suite are patched in by the suite itself
+(``fuzz/planted.py``); the package has no switch for them.
 
-Labels (documented in docs/fuzzing.md), in the order a step meets them::
+Labels (documented in docs/fuzzing.md), in the order a step meets them. ``*.mid_txn`` is
+inside the transaction, after its statements and before its COMMIT (the store fires it)::
 
-    flow.start.before_insert  flow.start.after_commit
+    flow.start.before_insert  flow.start.mid_txn  flow.start.after_commit
     step.enter  step.intent.before_write  step.intent.mid_txn  step.intent.after_commit
     (the body runs)  step.result.before_write  step.result.mid_txn  step.result.after_commit
     step.error.mid_txn  step.error.after_commit  step.retry.before_backoff
-    sleep.after_deadline_written  sleep.wake.before_commit
-    signal.wait.after_write  signal.deliver.mid_txn  signal.send.mid_txn
+    sleep.start.mid_txn  sleep.after_deadline_written  sleep.wake.before_commit  sleep.wake.mid_txn
+    signal.wait.mid_txn  signal.wait.after_write  signal.deliver.mid_txn  signal.send.mid_txn
     flow.complete.before  flow.complete.mid_txn  flow.complete.after_commit
-    journal.commit (before every COMMIT)  recovery.after_scan
+    flow.park.mid_txn  flow.fail.mid_txn  flow.release.mid_txn
+    journal.commit (other transactions: leases, cancel)  recovery.after_scan
 """
 
 from __future__ import annotations
@@ -71,10 +76,6 @@ class FaultPlan:
 
 
 _plan: FaultPlan | None = None
-
-#: Test-only switch for deliberately broken engine variants (the fuzz suite must catch each).
-planted_bug: str | None = os.environ.get("TDE_PLANTED_BUG") or None
-
 
 #: Test-only: where captured values come from (``(what, step, fn, args, kwargs) -> value``).
 #: The crash sweep makes them a function of the step number, so independent runs agree.

@@ -314,7 +314,9 @@ def _wrap_entry(cls: type, name: str) -> None:
             return run.child_flow(self, name, args, kwargs, original)
         from . import _api
 
-        return _api.default_engine()._run_entry(self, name, args, kwargs, None, background=False, fn=original)
+        return _api.default_engine().runner.run_entry(
+            self, name, args, kwargs, None, background=False, fn=original
+        )
 
     entry.__tde_entry__ = original  # type: ignore[attr-defined]
     entry.__tde_name__ = name  # type: ignore[attr-defined]

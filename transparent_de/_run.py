@@ -21,13 +21,24 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _faults
-from ._journal import Journal, now_ms
+from ._clock import now_ms
 from ._marking import FlowSpec
 from ._serialization import EncodeError, fingerprint, signal_context, step_context
+from ._store.base import (
+    Captured,
+    Complete,
+    ConsumeSignal,
+    Fence,
+    Intent,
+    Op,
+    Retry,
+    StepFailed,
+    StepRow,
+    Store,
+)
 from ._trampoline import current_run
 from .errors import (
     NonDeterminismError,
@@ -40,27 +51,6 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 _real_sleep = time.sleep
-
-ROW_COLUMNS = (
-    "step, class_name, method_name, status, attempts, parameters, return_value, fingerprint, "
-    "error, timestamp, delay, kind"
-)
-
-
-@dataclass
-class Row:
-    step: int
-    class_name: str
-    method_name: str
-    status: str
-    attempts: int
-    parameters: bytes | None
-    return_value: bytes | None
-    fingerprint: str | None
-    error: bytes | None
-    timestamp: int
-    delay: int | None
-    kind: str
 
 
 class Park(BaseException):
@@ -116,22 +106,22 @@ class Run:
         flow: Any,
         spec: FlowSpec,
         fence: int,
-        rows: dict[int, Row],
+        rows: dict[int, StepRow],
         background: bool,
     ) -> None:
         self.engine = engine
-        self.journal: Journal = engine.journal
+        self.store: Store = engine.store
         self.flow_id = flow_id
         self.flow = flow
         self.spec = spec
         self.steps = spec.steps
-        self.fence_token = (flow_id, engine.owner, fence)
+        self.fence = Fence(flow_id, engine.owner, fence, engine.lease_ms)
         self.rows = rows
         self.background = background
         self.counter = 0
         self.in_step = False
         self.active = True
-        self.pending: list[tuple[Any, ...]] = []  # captured rows not yet written
+        self.pending: list[Op] = []  # captured values not yet written: they ride with the next write
         self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
         self.codec = engine.codec
         self.thread = threading.get_ident()
@@ -145,7 +135,7 @@ class Run:
         return step_context(self.flow_id, step, kind)
 
     def _where(self, step: int) -> Callable[[], dict[str, Any]]:
-        return lambda: {"path": self.journal.path, "flow_id": self.flow_id, "step": step}
+        return lambda: {"path": self.store.path, "flow_id": self.flow_id, "step": step}
 
     def _encode(self, value: Any, step: int, method: str, what: str, kind: bytes) -> bytes:
         try:
@@ -169,7 +159,7 @@ class Run:
         self.counter += 1
         return self.counter
 
-    def _check(self, step: int, row: Row, cls_name: str, method: str, fp: str | None) -> None:
+    def _check(self, step: int, row: StepRow, cls_name: str, method: str, fp: str | None) -> None:
         if row.method_name != method or row.class_name != cls_name:
             raise NonDeterminismError(
                 flow_id=self.flow_id,
@@ -189,20 +179,14 @@ class Run:
                 reason="the same call with different arguments",
             )
 
-    def _flush(self, con: Any) -> None:
-        """Write buffered captured values in the caller's transaction."""
+    def commit(self, label: str, *ops: Op) -> None:
+        """One fenced transaction of this flow (it renews the lease): the buffered captured
+        values, then ``ops``. ``label`` names the crash point before its COMMIT."""
         if self.pending:
-            con.executemany(
-                "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, "
-                "parameters, return_value, kind, fingerprint, updated) VALUES (?,?,?,?,?, 'COMPLETE', NULL, ?, "
-                "'capture', ?, ?)",
-                self.pending,
-            )
+            self.store.commit(self.fence, [*self.pending, *ops], label)
             self.pending = []
-
-    def write(self) -> Any:
-        """A fenced write transaction of this flow (it renews the flow's lease)."""
-        return self.journal.write(self.fence_token, self.engine.lease_ms)
+        else:
+            self.store.commit(self.fence, ops, label)
 
     def foreign_thread_call(self, name: str) -> None:
         raise TransparentDEError(
@@ -224,9 +208,7 @@ class Run:
         row = self.rows.get(step)
         if row is not None:
             self._check(step, row, cls_name, name, fp)
-            if row.status == "COMPLETE" or (
-                row.status == "PENDING" and _faults.planted_bug == "replay-pending-as-complete"
-            ):
+            if row.status == "COMPLETE":
                 if self.engine._debug:
                     self.engine._debug_replay(self, step, name, "replayed")
                 return self._decode(row.return_value, step, b"r")
@@ -238,7 +220,7 @@ class Run:
             step, cls_name, name, site, args, kwargs, fp, row, lambda: getattr(obj, name)(*args, **kwargs)
         )
 
-    def _replay_failure(self, step: int, row: Row) -> BaseException:
+    def _replay_failure(self, step: int, row: StepRow) -> BaseException:
         exc: Any = self._decode(row.error, step, b"e")
         if not isinstance(exc, BaseException):
             exc = RemoteError("unknown", repr(exc))
@@ -257,7 +239,7 @@ class Run:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         fp: str | None,
-        row: Row | None,
+        row: StepRow | None,
         call: Callable[[], Any],
         kind: str = "step",
     ) -> Any:
@@ -268,28 +250,12 @@ class Run:
         while True:
             tries += 1
             _faults.point("step.intent.before_write")
-            with self.write() as con:
-                self._flush(con)
-                if row is None and tries == 1:
-                    ts = now_ms()
-                    con.execute(
-                        "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, "
-                        "parameters, kind, fingerprint, site, updated) VALUES (?,?,?,?,?, 'PENDING', ?,?,?,?,?) "
-                        "ON CONFLICT (flow_id, step) DO UPDATE SET attempts = attempts + 1, updated = excluded.updated",
-                        (self.flow_id, step, ts, cls_name, name, params, kind, fp, site, ts),
-                    )
-                else:
-                    con.execute(
-                        "UPDATE execution_log SET attempts = attempts + 1, status = 'PENDING', updated = ? "
-                        "WHERE flow_id = ? AND step = ?",
-                        (now_ms(), self.flow_id, step),
-                    )
-                if _faults.planted_bug == "complete-before-run":
-                    con.execute(
-                        "UPDATE execution_log SET status = 'COMPLETE', return_value = ? WHERE flow_id = ? AND step = ?",
-                        (self._encode(None, step, name, "the result", b"r"), self.flow_id, step),
-                    )
-                _faults.point("step.intent.mid_txn")
+            ts = now_ms()
+            if row is None and tries == 1:
+                intent: Op = Intent(step, ts, cls_name, name, kind, params, fp, site)
+            else:
+                intent = Retry(step, ts)
+            self.commit("step.intent.mid_txn", intent)
             _faults.point("step.intent.after_commit")
             if self.engine._debug:
                 self.engine._debug_replay(self, step, name, "executing")
@@ -308,14 +274,8 @@ class Run:
                 self.in_step = False
             _faults.point("step.result.before_write")
             blob = self._encode(result, step, name, "the result", b"r")
-            with self.write() as con:
-                con.execute(
-                    "UPDATE execution_log SET status = 'COMPLETE', return_value = ?, updated = ? "
-                    "WHERE flow_id = ? AND step = ?",
-                    (blob, now_ms(), self.flow_id, step),
-                )
-                _faults.point("step.result.mid_txn")
-            self.journal.sync()
+            self.commit("step.result.mid_txn", Complete(step, blob, now_ms()))
+            self.store.sync()
             _faults.point("step.result.after_commit")
             return result
 
@@ -326,14 +286,8 @@ class Run:
         except EncodeError:
             blob = self.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"))
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        with self.write() as con:
-            con.execute(
-                "UPDATE execution_log SET status = 'FAILED', error = ?, error_text = ?, updated = ? "
-                "WHERE flow_id = ? AND step = ?",
-                (blob, text, now_ms(), self.flow_id, step),
-            )
-            _faults.point("step.error.mid_txn")
-        self.journal.sync()
+        self.commit("step.error.mid_txn", StepFailed(step, blob, text, now_ms()))
+        self.store.sync()
         _faults.point("step.error.after_commit")
         self.failures[step] = exc
 
@@ -362,8 +316,7 @@ class Run:
         result = fn(*args, **kwargs) if override is None else override(what, step, fn, args, kwargs)
         value = list(args[0]) if what == "random.shuffle" else result
         blob = self._encode(value, step, what, "the captured value", b"r")
-        ts = now_ms()
-        self.pending.append((self.flow_id, step, ts, module, method, blob, fp, ts))
+        self.pending.append(Captured(step, now_ms(), module, method, blob, fp))
         return result
 
     # ------------------------------------------------------------------ durable sleep
@@ -381,17 +334,13 @@ class Run:
             deadline = row.timestamp + (row.delay or 0)
         else:
             ts = now_ms()
-            with self.write() as con:
-                self._flush(con)
-                con.execute(
-                    "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, delay, "
-                    "status, kind, fingerprint, updated) VALUES (?,?,?, 'time', 'sleep', ?, 'PENDING', 'sleep', ?, ?)",
-                    (self.flow_id, step, ts, delay, fp, ts),
-                )
-            self.journal.sync()
+            self.commit(
+                "sleep.start.mid_txn", Intent(step, ts, "time", "sleep", "sleep", None, fp, None, delay)
+            )
+            self.store.sync()
             _faults.point("sleep.after_deadline_written")
             deadline = ts + delay
-            self.rows[step] = Row(
+            self.rows[step] = StepRow(
                 step, "time", "sleep", "PENDING", 1, None, None, fp, None, ts, delay, "sleep"
             )
         remaining = deadline - now_ms()
@@ -400,11 +349,7 @@ class Run:
                 raise Park(wake_at=deadline, waiting_for=None)
             _real_sleep(remaining / 1000)
         _faults.point("sleep.wake.before_commit")
-        with self.write() as con:
-            con.execute(
-                "UPDATE execution_log SET status = 'COMPLETE', updated = ? WHERE flow_id = ? AND step = ?",
-                (now_ms(), self.flow_id, step),
-            )
+        self.commit("sleep.wake.mid_txn", Complete(step, None, now_ms()))
 
     # ------------------------------------------------------------------ signals
 
@@ -435,24 +380,15 @@ class Run:
                     kind="signal",
                 )
             started = row.timestamp
-            with self.write() as con:
-                self._flush(con)
-                con.execute(
-                    "UPDATE execution_log SET attempts = attempts + 1, updated = ? "
-                    "WHERE flow_id = ? AND step = ?",
-                    (now_ms(), self.flow_id, step),
-                )
+            self.commit("signal.wait.mid_txn", Retry(step, now_ms(), status=None))
         else:
             started = now_ms()
             delay = None if timeout is None else int(timeout * 1000)
-            with self.write() as con:
-                self._flush(con)
-                con.execute(
-                    "INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, delay, "
-                    "status, kind, updated) VALUES (?,?,?,?,?,?, 'WAITING_FOR_SIGNAL', 'signal', ?)",
-                    (self.flow_id, step, started, cls_name, name, delay, started),
-                )
-            self.journal.sync()
+            wait = Intent(
+                step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL"
+            )
+            self.commit("signal.wait.mid_txn", wait)
+            self.store.sync()
             _faults.point("signal.wait.after_write")
         deadline = None if timeout is None else started + int(timeout * 1000)
         while True:
@@ -468,7 +404,7 @@ class Run:
                     kwargs,
                     None,
                     row
-                    or Row(
+                    or StepRow(
                         step, cls_name, name, "PENDING", 1, None, None, None, None, started, None, "signal"
                     ),
                     functools.partial(getattr(obj, name), *args, **kwargs),
@@ -494,27 +430,17 @@ class Run:
         (same bytes, new MAC) before anything is unpickled, and both rows change in the same
         commit: no crash can leave a consumed signal or a half-moved payload behind.
         """
-        with self.write() as con:
-            found = con.execute(
-                "SELECT seq, payload FROM signals WHERE flow_id = ? AND step_name = ? AND consumed_step IS NULL "
-                "ORDER BY seq LIMIT 1",
-                (self.flow_id, name),
-            ).fetchone()
-            if found is None:
-                return None
-            seq, payload = found
-            where = self._where(step)
-            params = self.codec.reseal(
-                bytes(payload), signal_context(self.flow_id, name, seq), self._ctx(step, b"p"), where
-            )
-            args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
-            con.execute("UPDATE signals SET consumed_step = ? WHERE seq = ?", (step, seq))
-            con.execute(
-                "UPDATE execution_log SET status = 'PENDING', parameters = ?, updated = ? "
-                "WHERE flow_id = ? AND step = ?",
-                (params, now_ms(), self.flow_id, step),
-            )
-            _faults.point("signal.deliver.mid_txn")
+        found = self.store.next_signal(self.flow_id, name)
+        if found is None:
+            return None
+        seq, payload = found
+        where = self._where(step)
+        params = self.codec.reseal(
+            payload, signal_context(self.flow_id, name, seq), self._ctx(step, b"p"), where
+        )
+        args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
+        # Conditional on the signal being unconsumed; only this flow's owner (fenced) consumes it.
+        self.commit("signal.deliver.mid_txn", ConsumeSignal(seq, step, params, now_ms()))
         return args, kwargs
 
     # ------------------------------------------------------------------ child flows
@@ -541,7 +467,9 @@ class Run:
         def call() -> Any:
             token = current_run.set(None)
             try:
-                return self.engine._run_entry(obj, name, args, kwargs, child_id, background=False, fn=fn)
+                return self.engine.runner.run_entry(
+                    obj, name, args, kwargs, child_id, background=False, fn=fn
+                )
             finally:
                 current_run.reset(token)
 

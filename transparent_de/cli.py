@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import _hook, _preview, _versions
-from ._engine import Engine, FlowInfo, StepInfo
-from ._journal import ro_uri
-from ._schema import APPLICATION_ID, SCHEMA_VERSION, STATUSES
-from ._serialization import Codec, codec_of, hmac_key, is_signed, step_context
+from ._engine import Engine
+from ._serialization import Codec, codec_of, hmac_key, step_context
+from ._store import inspect, open_store
+from ._store.base import STATUSES, FlowInfo, StepInfo
 from .errors import (
     FlowCancelledError,
     FlowFailedError,
@@ -115,19 +115,24 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
         print(text())
 
 
-def _flow_packages(path: str, where: str = "", params: tuple[Any, ...] = ()) -> list[str]:
-    """Top-level packages of flows in the journal (read-only), so their hook can be installed."""
+def _flow_packages(path: str, flow_id: str | None = None, unfinished: bool = False) -> list[str]:
+    """Top-level packages of flows in the journal (read-only), so their hook can be installed.
+
+    A journal that cannot be read yields none: the command itself then reports why.
+    """
     if not os.path.exists(path):
         return []
     try:
-        con = sqlite3.connect(ro_uri(path), uri=True)
-        try:
-            rows = con.execute(f"SELECT DISTINCT module FROM flows {where}", params).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
+        store = open_store(path, readonly=True)
+    except (JournalError, sqlite3.Error, ValueError):
         return []
-    return sorted({str(m).split(".")[0] for (m,) in rows if m})
+    try:
+        modules = store.modules(flow_id, unfinished)
+    except (JournalError, sqlite3.Error):
+        return []
+    finally:
+        store.close()
+    return sorted({m.split(".")[0] for m in modules})
 
 
 def _install(packages: Sequence[str]) -> None:
@@ -412,7 +417,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_signal(args: argparse.Namespace) -> int:
     _require_journal(args.db)
     values = [_parse_arg(a) for a in args.args]
-    _install(_flow_packages(args.db, "WHERE flow_id = ?", (args.flow_id,)))
+    _install(_flow_packages(args.db, flow_id=args.flow_id))
     engine = Engine(args.db)
     try:
         engine.signal(args.flow_id, args.step, *values)
@@ -442,7 +447,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    _install(_flow_packages(args.db, "WHERE status IN ('PENDING', 'WAITING_FOR_SIGNAL')"))
+    _install(_flow_packages(args.db, unfinished=True))
     engine = Engine(args.db)
     results: list[dict[str, Any]] = []
     code = EXIT_OK
@@ -516,45 +521,38 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     problems: list[str] = []
     report: dict[str, Any] = {"journal": os.path.abspath(args.db)}
     try:
-        con = sqlite3.connect(ro_uri(args.db), uri=True)
-        try:
-            app_id = con.execute("PRAGMA application_id").fetchone()[0]
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            integrity = [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
-            counts: dict[str, int] = {}
-            signed = {True: 0, False: 0, None: 0}
-            if app_id == APPLICATION_ID:
-                counts = dict(con.execute("SELECT status, count(*) FROM flows GROUP BY status").fetchall())
-                for (blob,) in con.execute("SELECT instance FROM flows"):
-                    signed[is_signed(blob)] += 1
-        finally:
-            con.close()
+        health = inspect(args.db)
     except sqlite3.Error as exc:
         raise UsageError(f"{args.db} is not a readable SQLite database: {exc}") from None
+    app_id, version, integrity, counts = (
+        health.application_id,
+        health.schema_version,
+        health.integrity,
+        health.counts,
+    )
+    supported_schema = health.supported_schema
     report.update(
         application_id=app_id,
-        ours=app_id == APPLICATION_ID,
+        ours=health.ours,
         schema_version=version,
-        supported_schema=SCHEMA_VERSION,
+        supported_schema=supported_schema,
         integrity=integrity,
         flows=counts,
     )
-    if app_id != APPLICATION_ID:
-        problems.append(
-            f"not a transparent_de journal (application_id {app_id:#x}, ours is {APPLICATION_ID:#x})"
-        )
-    elif version > SCHEMA_VERSION:
-        problems.append(f"schema version {version} is newer than this version supports ({SCHEMA_VERSION})")
+    if not health.ours:
+        problems.append(f"not a transparent_de journal (application_id {app_id:#x})")
+    elif version > supported_schema:
+        problems.append(f"schema version {version} is newer than this version supports ({supported_schema})")
     if integrity != ["ok"]:
         problems.append("integrity_check: " + "; ".join(integrity[:5]))
     key = hmac_key() is not None
-    mode = os.stat(args.db).st_mode & 0o777
-    if signed[True] and not key:
+    mode = health.file_mode or 0
+    if health.signed and not key:
         problems.append(
-            f"{signed[True]} flow(s) are signed but TRANSPARENT_DE_HMAC_KEY is not set: they cannot be resumed here"
+            f"{health.signed} flow(s) are signed but TRANSPARENT_DE_HMAC_KEY is not set: they cannot be resumed here"
         )
-    if signed[False] and key:
-        problems.append(f"{signed[False]} flow(s) are not signed, and signing is on: they will be refused")
+    if health.unsigned and key:
+        problems.append(f"{health.unsigned} flow(s) are not signed, and signing is on: they will be refused")
     signing = (
         "on (TRANSPARENT_DE_HMAC_KEY is set)"
         if key
@@ -564,8 +562,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report.update(
         signing=key,
         file_mode=f"{mode:04o}",
-        signed_flows=signed[True],
-        unsigned_flows=signed[False],
+        signed_flows=health.signed,
+        unsigned_flows=health.unsigned,
     )
     hooks = [repr(f) for f in sys.meta_path if isinstance(f, _hook.FlowFinder)]
     supported = _versions.PY in _versions.SUPPORTED
@@ -587,11 +585,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         lines = [
             f"journal      {report['journal']}",
             f"ours         {'yes' if report['ours'] else 'NO'} (application_id {app_id:#x})",
-            f"schema       {version} (supported {SCHEMA_VERSION})",
+            f"schema       {version} (supported {supported_schema})",
             f"integrity    {'ok' if integrity == ['ok'] else 'FAILED'}",
             "flows        " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"),
             f"signing      {signing}",
-            f"signed       {signed[True]} flow(s) signed, {signed[False]} unsigned",
+            f"signed       {health.signed} flow(s) signed, {health.unsigned} unsigned",
             f"file mode    {mode:04o}" + ("" if mode & 0o077 == 0 else " (others may read or write it)"),
             "hooks        " + (", ".join(hooks) or "none installed in this process"),
             f"python       {report['python']} ({sys.implementation.name}, cache tag {_hook.CACHE_TAG})",

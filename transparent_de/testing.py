@@ -126,7 +126,6 @@ def crash_sweep(
 
     Your steps' side effects really happen (in the children): point them at test doubles.
     """
-    import sqlite3
     import tempfile
 
     from . import _faults
@@ -171,33 +170,39 @@ def crash_sweep(
         if got != reference:
             report.failures.append(f"crash point {k}: recovered outcome {got!r} != uncrashed {reference!r}")
         if os.path.exists(db):
-            con = sqlite3.connect(db)
-            try:
-                check = con.execute("PRAGMA integrity_check").fetchone()[0]
-                row0 = con.execute(
-                    "SELECT status FROM execution_log WHERE flow_id='sweep' AND step=0"
-                ).fetchone()
-                steps = con.execute(
-                    "SELECT step, method_name, attempts FROM execution_log WHERE flow_id='sweep' AND step>0 "
-                    "AND kind IN ('step', 'signal')"
-                ).fetchall()
-            finally:
-                con.close()
-            if check != "ok":
-                report.failures.append(f"crash point {k}: integrity_check says {check}")
-            if row0 is None or row0[0] not in ("COMPLETE", "FAILED", "PENDING"):
-                report.failures.append(f"crash point {k}: flow row is {row0!r}")
-            elif reference[0] == "ok" and row0[0] != "COMPLETE":
-                report.failures.append(f"crash point {k}: flow left {row0[0]} after recovery")
-            reruns = sum(a - 1 for _, _, a in steps)
-            if reruns > 1:
-                report.failures.append(
-                    f"crash point {k}: {reruns} step re-executions after one crash: "
-                    + ", ".join(f"{s}:{m} x{a}" for s, m, a in steps if a > 1)
-                )
+            failures = _check_journal(db, reference[0] == "ok")
+            report.failures += [f"crash point {k}: {f}" for f in failures]
         if progress is not None:
             progress(k, total)
     return report
+
+
+def _check_journal(db: str, completed: bool) -> list[str]:
+    """What a recovered sweep journal must be: intact, the flow finished, at most one re-run."""
+    from ._store import inspect, open_store
+
+    failures = []
+    health = inspect(db)
+    if health.integrity != ["ok"]:
+        failures.append(f"integrity_check says {'; '.join(health.integrity)}")
+    store = open_store(db, readonly=True)
+    try:
+        rows = store.steps("sweep")
+    finally:
+        store.close()
+    row0 = rows[0] if rows and rows[0].step == 0 else None
+    if row0 is None or row0.status not in ("COMPLETE", "FAILED", "PENDING"):
+        failures.append(f"flow row is {row0.status if row0 else None!r}")
+    elif completed and row0.status != "COMPLETE":
+        failures.append(f"flow left {row0.status} after recovery")
+    steps = [r for r in rows if r.step > 0 and r.kind in ("step", "signal")]
+    reruns = sum(r.attempts - 1 for r in steps)
+    if reruns > 1:
+        failures.append(
+            f"{reruns} step re-executions after one crash: "
+            + ", ".join(f"{r.step}:{r.method_name} x{r.attempts}" for r in steps if r.attempts > 1)
+        )
+    return failures
 
 
 def _first(run_on: Callable[..., Any], db: str) -> Any:

@@ -1,23 +1,6 @@
-"""The journal file as a contract: one commented schema, a version, and its history.
-
-``PRAGMA application_id`` marks our files (``0x54444531``, "TDE1"); ``PRAGMA user_version``
-is :data:`SCHEMA_VERSION`. A foreign database, a newer schema and a damaged row each raise
-their own error (see :mod:`transparent_de.errors`); nothing is ever overwritten.
-
-History:
-
-* 1 — first version: ``execution_log`` (the seed's columns plus kind, fingerprint, error,
-  error_text, site, updated), ``flows`` (lease, fencing token, wake-up, wait) and ``signals``.
-"""
-
-from __future__ import annotations
-
-APPLICATION_ID = 0x54444531
-SCHEMA_VERSION = 1
-
-STATUSES = ("PENDING", "WAITING_FOR_SIGNAL", "COMPLETE", "FAILED", "CANCELLED")
-
-SCHEMA = """
+-- The transparent_de SQLite journal, schema version 1 (PRAGMA user_version; PRAGMA
+-- application_id = 0x54444531, "TDE1"). Every column is documented in docs/journal.md.
+-- Readable by any SQLite tool; written only by transparent_de.
 -- One row per step invocation, as in the seed (Persistasaurus). Step 0 is the flow itself.
 CREATE TABLE IF NOT EXISTS execution_log (
     flow_id      TEXT    NOT NULL,  -- the flow's id (caller-chosen or a fresh uuid4 hex)
@@ -67,4 +50,3 @@ CREATE TABLE IF NOT EXISTS signals (
     consumed_step INTEGER            -- the step number that took it; NULL while pending
 );
 CREATE INDEX IF NOT EXISTS signals_pending ON signals (flow_id, step_name, consumed_step);
-"""

@@ -1,4 +1,12 @@
-"""SQLite access: opening and checking the file, connections, fenced write transactions.
+"""The SQLite journal file: opening and checking it, connections, fenced write transactions.
+
+The file is a contract (``sqlite_schema.sql``): ``PRAGMA application_id`` marks our files
+(``0x54444531``, "TDE1"), ``PRAGMA user_version`` is :data:`SCHEMA_VERSION`. A foreign
+database, a newer schema and a damaged row each raise their own error; nothing is ever
+overwritten. Schema history:
+
+* 1 — first version: ``execution_log`` (the seed's columns plus kind, fingerprint, error,
+  error_text, site, updated), ``flows`` (lease, fencing token, wake-up, wait) and ``signals``.
 
 Design points (each pinned by a test):
 
@@ -8,7 +16,7 @@ Design points (each pinned by a test):
 * **One connection per thread**, opened lazily and never carried across ``fork()``: a
   connection made by another pid is dropped, not used.
 * **Durability.** Connections run ``synchronous=NORMAL``: a commit survives a process crash
-  once it returns. ``durability="full"`` adds :meth:`Journal.sync` after the commits that
+  once it returns. ``durability="full"`` adds :meth:`SQLiteFile.sync` after the commits that
   matter (a step's result, a flow's end, a timer, a signal): one ``fsync`` of the WAL file,
   shared by every thread that committed before it started (group commit). A step's *intent*
   is not fsynced on its own: losing it to a power cut only loses the attempt count, since a
@@ -17,13 +25,14 @@ Design points (each pinned by a test):
   WHERE owner=? AND fence=?`` in the same transaction; if another process took the flow
   over, the write is refused with :class:`LeaseLost` and nothing is committed. (Checking
   with a ``SELECT`` and renewing less often was measured: no difference within noise.)
+* **Read-only** files (``readonly=True``) are opened through read-only connections and never
+  created, initialised or switched to WAL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import stat
 import sys
@@ -32,36 +41,23 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import _faults
-from ._schema import APPLICATION_ID, SCHEMA, SCHEMA_VERSION
-from .errors import (
+from .. import _faults
+from .._clock import now_ms
+from ..errors import (
     ForeignDatabaseError,
     JournalIOError,
     JournalPermissionError,
     NotADatabaseError,
     SchemaTooNewError,
 )
+from .base import Fence, LeaseLost
+from .sqlite_sql import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, Q
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-class LeaseLost(BaseException):
-    """This process no longer owns the flow; unwind without writing anything."""
-
-    def __init__(self, flow_id: str) -> None:
-        super().__init__(f"lease of flow {flow_id} was taken over by another process")
-        self.flow_id = flow_id
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _debug_sql() -> bool:
     return "sql" in os.environ.get("TDE_DEBUG", "").split(",")
-
-
-HOST = socket.gethostname()
 
 
 def _statements(script: str) -> list[str]:
@@ -75,28 +71,6 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def owner_alive(owner: str | None) -> bool:
-    """Is the engine named by ``owner`` ('host:pid:token') possibly alive?
-
-    On this host a dead pid means a dead owner (so recovery after a crash is immediate);
-    for another host only the lease expiry can tell.
-    """
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_s, _, _token = rest.partition(":")
-    if host != HOST:
-        return True
-    try:
-        pid = int(pid_s)
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _identity(con: sqlite3.Connection) -> tuple[int, int, set[str]]:
     app_id = con.execute("PRAGMA application_id").fetchone()[0]
     version = con.execute("PRAGMA user_version").fetchone()[0]
@@ -104,11 +78,8 @@ def _identity(con: sqlite3.Connection) -> tuple[int, int, set[str]]:
     return int(app_id), int(version), tables
 
 
-_FENCE = "UPDATE flows SET lease_until=?, updated=? WHERE flow_id=? AND owner=? AND fence=?"
-
-
 class _Write:
-    """The write transaction behind :meth:`Journal.write` (a class: it is on every step's path).
+    """The write transaction behind :meth:`SQLiteFile.write` (a class: it is on every step's path).
 
     Threads of one process take the journal's write lock before ``BEGIN IMMEDIATE``: they
     queue on it instead of meeting in SQLite's busy handler, which backs off in sleeps of
@@ -116,10 +87,10 @@ class _Write:
     processes still meet there, under the busy timeout.
     """
 
-    __slots__ = ("con", "fence", "journal", "lease_ms")
+    __slots__ = ("con", "fence", "journal", "label")
 
-    def __init__(self, journal: Journal, fence: tuple[str, str, int] | None, lease_ms: int) -> None:
-        self.journal, self.fence, self.lease_ms = journal, fence, lease_ms
+    def __init__(self, journal: SQLiteFile, fence: Fence | None, label: str) -> None:
+        self.journal, self.fence, self.label = journal, fence, label
 
     def __enter__(self) -> sqlite3.Connection:
         journal = self.journal
@@ -136,8 +107,9 @@ class _Write:
         if fence is not None:
             try:
                 t = now_ms()
-                if con.execute(_FENCE, (t + self.lease_ms, t, *fence)).rowcount != 1:
-                    raise LeaseLost(fence[0])
+                params = (t + fence.lease_ms, t, fence.flow_id, fence.owner, fence.token)
+                if con.execute(Q["fence"], params).rowcount != 1:
+                    raise LeaseLost(fence.flow_id)
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, sqlite3.OperationalError):
@@ -153,7 +125,7 @@ class _Write:
                 raise journal._io_error("write", exc) from exc
             return  # the exception propagates
         try:
-            _faults.point("journal.commit")
+            _faults.point(self.label)  # a named crash point: inside the transaction, before COMMIT
             self.con.execute("COMMIT")
         except BaseException as failure:
             self._rollback()
@@ -220,7 +192,7 @@ def check_modes(path: str, tighten: bool) -> None:
             raise JournalPermissionError(path=p, mode=mode, detail="any local user can write it")
 
 
-class Journal:
+class SQLiteFile:
     """One journal file. Thread-safe: each thread gets its own connection.
 
     ``readonly=True`` opens it for inspection (``list``, ``show``): through read-only
@@ -415,17 +387,17 @@ class Journal:
     def _io_error(self, operation: str, exc: BaseException) -> JournalIOError:
         return JournalIOError(path=self.path, operation=operation, detail=f"{type(exc).__name__}: {exc}")
 
-    def write(self, fence: tuple[str, str, int] | None = None, lease_ms: int = 0) -> _Write:
-        """A ``BEGIN IMMEDIATE`` transaction; with ``fence=(flow_id, owner, token)`` it is fenced:
-        it first renews the flow's lease to ``lease_ms`` from now, which succeeds only while
-        owner and fencing token are still ours (see the module docstring).
+    def write(self, fence: Fence | None = None, label: str = "journal.commit") -> _Write:
+        """A ``BEGIN IMMEDIATE`` transaction; with a ``fence`` it is fenced: it first renews the
+        flow's lease, which succeeds only while owner and fencing token are still ours (see the
+        module docstring). ``label`` is the crash point just before its COMMIT.
 
         Used as ``with journal.write(...) as con:``; commits on success, rolls back on any
         exception (an ``OperationalError`` becomes :class:`JournalIOError`).
         """
         if self.readonly:
             raise TypeError(f"journal {self.path} was opened read-only")
-        return _Write(self, fence, lease_ms)
+        return _Write(self, fence, label)
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         if self.empty:
@@ -443,7 +415,7 @@ class Journal:
         Group commit: a thread whose commit is already covered by an fsync that *started*
         after it returns at once; concurrent flows share one fsync.
         """
-        if self.durability != "full" or _faults.planted_bug == "skip-sync":
+        if self.durability != "full":
             return
         mine = self._commit_gen  # this thread's own commits are counted in it
         if self._synced_gen >= mine:

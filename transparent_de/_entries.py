@@ -1,0 +1,107 @@
+"""Which code a flow is: binding entry methods, and finding them again from the journal.
+
+A flow is identified by its class (``module``, ``qualname``), its entry method and the class
+that *declares* that entry (a base class's ``run`` reached through ``super()`` is another
+function than the subclass's). These helpers turn a bound method into that identity when a
+flow starts, and the identity back into the exact function when it resumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from ._marking import FlowSpec
+from .errors import FlowNotRewrittenError, TransparentDEError
+
+#: What ``flows.instance`` holds for a flow object that could not be pickled: ``recover()``
+#: then calls the class without arguments. A value, not NULL, so that it can be signed.
+REBUILD = ("transparent_de", "rebuild the flow object with its class's no-argument constructor")
+
+FLOW_ID_MAX = 255
+
+
+def check_flow_id(flow_id: Any) -> str:
+    if not isinstance(flow_id, str) or not 0 < len(flow_id) <= FLOW_ID_MAX:
+        raise ValueError(
+            f"flow_id must be a non-empty str of at most {FLOW_ID_MAX} characters, not {flow_id!r}"
+        )
+    if any(ord(c) < 32 for c in flow_id):
+        raise ValueError(f"flow_id {flow_id!r} contains control characters")
+    return flow_id
+
+
+def spec_of(obj: Any) -> FlowSpec:
+    """The flow spec of ``obj``'s class, or a clear error if the class was never rewritten."""
+    cls = type(obj)
+    spec = cls.__dict__.get("__tde_spec__")
+    if spec is None:
+        raise FlowNotRewrittenError(flow_class=f"{cls.__module__}.{cls.__qualname__}", module=cls.__module__)
+    assert isinstance(spec, FlowSpec)
+    return spec
+
+
+def qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def entry_function(obj: Any, name: str, declaring: str | None = None) -> Callable[..., Any]:
+    """The plain function behind entry ``name`` of ``obj`` (the one defined on ``declaring``, if given).
+
+    A base class's entry reached through ``super().run()`` or ``Base.run(obj)`` is a different
+    function from the subclass's ``run``: the journal records which (step 0's ``class_name``)
+    so that a resumed flow runs the same one.
+    """
+    if declaring is not None:
+        for klass in type(obj).__mro__:
+            if qualified(klass) == declaring and name in vars(klass):
+                fn = vars(klass)[name]
+                return getattr(fn, "__tde_entry__", fn)  # type: ignore[no-any-return]
+    fn = getattr(type(obj), name)
+    return getattr(fn, "__tde_entry__", fn)  # type: ignore[no-any-return]
+
+
+def entry_owner(obj: Any, name: str, fn: Callable[..., Any]) -> str:
+    """``module.Qualname`` of the class that defines entry function ``fn`` (the seed's declaring class)."""
+    mro = type(obj).__mro__
+    owner = getattr(fn, "__qualname__", "").rpartition(".")[0]
+    for klass in mro:
+        if klass.__qualname__ == owner and klass.__module__ == getattr(fn, "__module__", None):
+            return qualified(klass)
+    for klass in mro:  # renamed or decorated: the first class whose attribute resolves to it
+        v = vars(klass).get(name)
+        if v is not None and getattr(v, "__tde_entry__", v) is fn:
+            return qualified(klass)
+    return qualified(type(obj))
+
+
+def bound_entry(entry: Any) -> tuple[Any, str, Callable[..., Any]]:
+    obj = getattr(entry, "__self__", None)
+    func = getattr(entry, "__func__", None)
+    if obj is None or func is None:
+        raise TypeError(f"expected a bound entry method of a flow instance, like MyFlow().run, not {entry!r}")
+    name = getattr(func, "__tde_name__", None) or func.__name__
+    spec = spec_of(obj)
+    if name not in spec.entries:
+        raise TypeError(
+            f"{spec.class_name}.{name} is not an entry of the flow (entries: {sorted(spec.entries)}); "
+            "list it in __flow__ to start flows with it"
+        )
+    return obj, name, getattr(func, "__tde_entry__", func)
+
+
+def resolve_class(module: str, qualname: str, required: bool) -> Any:
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except Exception as exc:
+        if required:
+            raise TransparentDEError(
+                f"cannot import flow class {module}.{qualname} to resume it: {type(exc).__name__}: {exc}. "
+                "Run recover() in a process where that module is importable and transparent_de.install() "
+                "covers it."
+            ) from exc
+        return None

@@ -1,0 +1,65 @@
+"""Handles of flows started in the background (``start``, ``recover``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._clock import now_ms
+from ._store.base import TERMINAL
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+
+class FlowHandle:
+    """A flow started in the background: ``id``, ``result(timeout)``, ``status()``, ``done()``.
+
+    The result is read from the journal too, so a handle works while another process (or a
+    later recovery) runs the flow.
+    """
+
+    def __init__(self, engine: Engine, flow_id: str) -> None:
+        self.engine = engine
+        self.id = flow_id
+        self._event = threading.Event()
+        self._outcome: tuple[bool, Any] | None = None
+
+    def _set(self, ok: bool, value: Any) -> None:
+        self._outcome = (ok, value)
+        self._event.set()
+
+    def done(self) -> bool:
+        if self._event.is_set():
+            return True
+        return self.status() in TERMINAL
+
+    def status(self) -> str:
+        return self.engine.store.status(self.id) or "UNKNOWN"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the flow's result (raising its error); works while another process runs it."""
+        deadline = None if timeout is None else now_ms() + timeout * 1000
+        while True:
+            wait = self.engine.poll_interval
+            if deadline is not None:
+                wait = min(wait, max(0.0, (deadline - now_ms()) / 1000))
+            if self._event.wait(wait):
+                assert self._outcome is not None
+                ok, value = self._outcome
+                if ok:
+                    return value
+                raise value
+            if self._event.is_set():
+                continue
+            outcome = self.engine.runner.final_outcome(self.id)
+            if outcome is not None:
+                self._set(*outcome)
+                continue
+            if deadline is not None and now_ms() >= deadline:
+                raise TimeoutError(
+                    f"flow {self.id} did not finish within {timeout} s (it is still {self.status()})"
+                )
+
+    def __repr__(self) -> str:
+        return f"<FlowHandle {self.id}>"
