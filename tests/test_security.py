@@ -11,6 +11,7 @@ import os
 import pickle
 import sqlite3
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -397,3 +398,33 @@ def test_signal_delivery_crashes_never_leave_a_signed_flow_stuck(flow_module, tm
             assert pickle.load(f)[0] == "ann:yes", k
         consumed = _sql(db, "SELECT count(*) FROM signals WHERE flow_id='d1' AND consumed_step IS NOT NULL")
         assert consumed == [(1,)], k
+
+
+# --------------------------------------------------------------------------- 7. no switch in the package
+
+
+def test_no_environment_variable_turns_durability_off(flow_module, tmp_path) -> None:
+    """The planted bugs of the fuzz suite cannot be switched on from outside the process."""
+    m = flow_module(SOURCE)
+    root = os.path.dirname(os.path.dirname(m.__file__))
+    code = f"""
+import os, sys
+sys.path.insert(0, {root!r})
+import transparent_de
+transparent_de.install({m.__name__.split(".")[0]!r})
+from {m.__name__} import Approve
+fsyncs = []
+real = os.fsync
+os.fsync = lambda fd: (fsyncs.append(fd), real(fd))[1]
+engine = transparent_de.Engine({str(tmp_path / "j.db")!r}, durability="full", hmac_key=None)
+try:
+    engine.run(Approve().fails, "x", flow_id="f")
+except RuntimeError:
+    pass
+print(len(fsyncs))
+"""
+    env = dict(os.environ, TDE_PLANTED_BUG="skip-sync")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) >= 2  # the prepare step's result and the failure were fsynced
+    source = Path(transparent_de.__file__).parent
+    assert not [p for p in source.rglob("*.py") if "PLANTED" in p.read_text()]
