@@ -293,7 +293,6 @@ def prepare(source: str) -> tuple[Oracle, ModuleType]:
     return _prepared[source]
 
 
-
 def count_points(source: str, durability: str = "process", key: str | None = None) -> int:
     """Crash points hit by one fault-free run of the flow (a counting FaultPlan)."""
     workdir = tempfile.mkdtemp(prefix="tdefuzz-")
@@ -422,7 +421,11 @@ def sweep(
             on_fail(0, exc)
         return 1
     failed = 0
-    schedules = [[k1, k2] for k1 in range(1, n + 1) for k2 in range(1, n + 1)] if pairs else [[k] for k in range(1, n + 1)]
+    schedules = (
+        [[k1, k2] for k1 in range(1, n + 1) for k2 in range(1, n + 1)]
+        if pairs
+        else [[k] for k in range(1, n + 1)]
+    )
     for k in schedules:
         STATS.swept += 1
         try:

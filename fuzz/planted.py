@@ -55,8 +55,12 @@ def _complete_at_once(apply: Callable[..., None]) -> Callable[..., None]:
 
     def wrapped(con: Any, fid: str, op: Any) -> None:
         apply(con, fid, op)
-        if (isinstance(op, Intent) and op.kind == "step") or (isinstance(op, Retry) and op.status == "PENDING"):
-            con.execute("UPDATE execution_log SET status = 'COMPLETE' WHERE flow_id = ? AND step = ?", (fid, op.step))
+        if (isinstance(op, Intent) and op.kind == "step") or (
+            isinstance(op, Retry) and op.status == "PENDING"
+        ):
+            con.execute(
+                "UPDATE execution_log SET status = 'COMPLETE' WHERE flow_id = ? AND step = ?", (fid, op.step)
+            )
 
     return wrapped
 
@@ -77,7 +81,9 @@ BUGS: dict[str, Callable[[], Callable[[], None]]] = {
         _attr(store._APPLY, Retry, _complete_at_once(store._APPLY[Retry])),
     ),
     # a resumed flow does not count its attempt
-    "forget-attempts": _query("count_attempt", "UPDATE execution_log SET updated = ? WHERE flow_id = ? AND step < 0"),
+    "forget-attempts": _query(
+        "count_attempt", "UPDATE execution_log SET updated = ? WHERE flow_id = ? AND step < 0"
+    ),
     # an escaped failure is replayed instead of retried
     "failed-stays-failed": _query(
         "reopen", "UPDATE execution_log SET updated = ? WHERE flow_id = ? AND step = ? AND 0"
@@ -85,7 +91,7 @@ BUGS: dict[str, Callable[[], Callable[[], None]]] = {
     # durability="full" forgets its fsync
     "skip-sync": _attr(SQLiteFile, "sync", lambda self: None),
     # a flow owned by a live process is taken over
-    "steal-live-lease": _attr(Runner, "owned_elsewhere", lambda self, owner, lease_until, now: False),
+    "steal-live-lease": _attr(Runner, "owned_elsewhere", lambda self, fid, owner, lease_until, fence: False),
 }
 
 

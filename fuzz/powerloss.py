@@ -125,7 +125,9 @@ def check_history(states: list[State]) -> None:
         later = {(r[0], r[1]): r for r in after}
         for key, row in _completed(before).items():
             if later.get(key) != row:
-                raise PropertyFailure(f"completed row {key} changed by a later commit: {row} -> {later.get(key)}")
+                raise PropertyFailure(
+                    f"completed row {key} changed by a later commit: {row} -> {later.get(key)}"
+                )
         missing = {(r[0], r[1]) for r in before} - set(later)
         if missing:
             raise PropertyFailure(f"rows {sorted(missing)} vanished at a later commit")

@@ -23,7 +23,8 @@ def _effect(line):
         os.close(fd)
 """
 
-PRELUDE = """
+PRELUDE = (
+    """
 import os
 import random
 import time
@@ -33,7 +34,9 @@ SIGNAL = None  # set by the harness: engine.signal in a durable run, a queue in 
 from transparent_de import wait_for
 
 
-""" + EFFECT_HELPER + """
+"""
+    + EFFECT_HELPER
+    + """
 
 
 def _flaky_due(key):
@@ -83,6 +86,7 @@ class Flow:
             raise RuntimeError("flaky %s" % sid)
         return sid
 """
+)
 
 STEPS = ("s0", "s1", "s2")
 
@@ -240,7 +244,9 @@ FIXED: dict[str, str] = {
     # The flow's retry policy: flaky() fails once and is retried at once, in the same run.
     "retry": "\n".join(
         [
-            PRELUDE.replace('__flow__ = "run"', '__flow__ = {"entries": ("run",), "retries": 2, "backoff": 0.0}'),
+            PRELUDE.replace(
+                '__flow__ = "run"', '__flow__ = {"entries": ("run",), "retries": 2, "backoff": 0.0}'
+            ),
             "    def run(self):",
             "        return [self.s0(1), self.flaky(2), self.s1(3, 'x')]",
             "",

@@ -27,7 +27,8 @@ from fuzz import harness, programs
 from fuzz.harness import STATS, PropertyFailure
 from transparent_de import _faults
 
-SOURCE = '''
+SOURCE = (
+    """
 import os
 import time
 
@@ -37,7 +38,9 @@ EFFECTS = None
 HOLD = None  # a path: reserve() waits while it exists (to hold a flow inside a step)
 
 
-''' + programs.EFFECT_HELPER + '''
+"""
+    + programs.EFFECT_HELPER
+    + """
 
 
 class Order:
@@ -70,7 +73,8 @@ class Order:
     def ship(self, paid):
         _effect("ship|%d" % self.n)
         return "shipped %d" % paid
-'''
+"""
+)
 
 STEPS = ("reserve", "approve", "charge", "ship")
 

@@ -31,7 +31,9 @@ SWEEP = [(name, d) for name in programs.FIXED for d in ("process", "full")]
 @pytest.mark.parametrize(("name", "durability"), SWEEP)
 def test_sweep_every_crash_point(name: str, durability: str) -> None:
     failures: list[str] = []
-    harness.sweep(programs.FIXED[name], on_fail=lambda k, e: failures.append(f"k={k}: {e}"), durability=durability)
+    harness.sweep(
+        programs.FIXED[name], on_fail=lambda k, e: failures.append(f"k={k}: {e}"), durability=durability
+    )
     assert not failures, "\n".join(failures[:5])
 
 

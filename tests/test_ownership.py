@@ -129,7 +129,7 @@ def test_a_process_that_lost_its_flow_cannot_commit_into_it(engine, flow_module)
     """Fencing: once another owner claimed the flow, this one's next write is refused, nothing lands."""
     import sqlite3
 
-    from transparent_de._store.base import LeaseLost
+    from transparent_de.errors import LeaseLostError
 
     m = flow_module(GATED)
     outcome: list[BaseException] = []
@@ -148,7 +148,8 @@ def test_a_process_that_lost_its_flow_cannot_commit_into_it(engine, flow_module)
         con.execute("UPDATE flows SET owner='elsewhere:1:x', fence=fence+1 WHERE flow_id='fenced'")
     m.GATE.set()
     t.join(20)
-    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLostError)  # public, not the unwinding signal
+    assert outcome[0].flow_id == "fenced"
     rows = con.execute("SELECT step, status FROM execution_log WHERE flow_id='fenced' ORDER BY step").fetchall()
     con.close()
     assert rows == [(0, "PENDING"), (1, "PENDING")], "the result of step 1 must not have been committed"

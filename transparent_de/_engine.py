@@ -21,8 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _faults
-from ._clock import now_ms
+from . import _clock, _faults
 from ._entries import bound_entry, check_flow_id, resolve_class, spec_of
 from ._handle import FlowHandle
 from ._marking import FlowSpec
@@ -226,15 +225,17 @@ class Engine:
         """
         _faults.point("recovery.after_scan")
         handles = []
-        now = now_ms()
         for u in self.store.unfinished():
             if self.is_active(u.flow_id):
                 handles.append(self.handle(u.flow_id))
                 continue
-            if self.runner.owned_elsewhere(u.owner, u.lease_until, now):
+            if self.runner.owned_elsewhere(u.flow_id, u.owner, u.lease_until, u.fence):
                 continue  # a live engine owns it
             handles.append(self.handle(u.flow_id))
-            self.scheduler.schedule(u.flow_id, u.wake_at or 0, u.waiting_for)
+            after = None
+            if u.wake_at and u.wait_length is not None:  # a clock stepped back cannot stretch the wait
+                after = max(0, min(u.wake_at - _clock.now_ms(), u.wait_length)) / 1000
+            self.scheduler.schedule(u.flow_id, u.wake_at or 0, u.waiting_for, after)
         return handles
 
     def signal(self, flow_id: str, step: str, *args: Any, **kwargs: Any) -> None:
@@ -272,7 +273,7 @@ class Engine:
                     flow_id=flow_id, step=0, method=step, what="the signal arguments", detail=str(exc)
                 ) from None
 
-        store.add_signal(flow_id, step, now_ms(), seal)
+        store.add_signal(flow_id, step, _clock.now_ms(), seal)
         store.sync()
         with self._signal_cv:
             self._signal_cv.notify_all()
@@ -281,7 +282,7 @@ class Engine:
     def cancel(self, flow_id: str) -> None:
         """Mark an unfinished flow CANCELLED: it will not run again (a running step finishes)."""
         store = self.store
-        previous = store.cancel(flow_id, now_ms())
+        previous = store.cancel(flow_id, _clock.now_ms())
         if previous is None:
             raise FlowNotFoundError(flow_id=flow_id, path=store.path)
         if previous not in UNFINISHED:
@@ -326,7 +327,7 @@ class Engine:
             return False
         if state.waiting_for is not None:
             return bool(self.store.signalled([fid]))
-        return not state.wake_at or state.wake_at <= now_ms() + self.park_after_ms
+        return not state.wake_at or state.wake_at <= _clock.now_ms() + self.park_after_ms
 
     def _wait_for_signal_event(self, seconds: float) -> None:
         with self._signal_cv:

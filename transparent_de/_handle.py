@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._clock import now_ms
+from . import _clock
 from ._store.base import TERMINAL
 
 if TYPE_CHECKING:
@@ -39,11 +39,11 @@ class FlowHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the flow's result (raising its error); works while another process runs it."""
-        deadline = None if timeout is None else now_ms() + timeout * 1000
+        deadline = None if timeout is None else _clock.mono() + timeout
         while True:
             wait = self.engine.poll_interval
             if deadline is not None:
-                wait = min(wait, max(0.0, (deadline - now_ms()) / 1000))
+                wait = min(wait, max(0.0, deadline - _clock.mono()))
             if self._event.wait(wait):
                 assert self._outcome is not None
                 ok, value = self._outcome
@@ -56,7 +56,7 @@ class FlowHandle:
             if outcome is not None:
                 self._set(*outcome)
                 continue
-            if deadline is not None and now_ms() >= deadline:
+            if deadline is not None and _clock.mono() >= deadline:
                 raise TimeoutError(
                     f"flow {self.id} did not finish within {timeout} s (it is still {self.status()})"
                 )

@@ -23,8 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _faults
-from ._clock import now_ms
+from . import _clock, _faults
 from ._marking import FlowSpec
 from ._serialization import EncodeError, fingerprint, signal_context, step_context
 from ._store.base import (
@@ -57,12 +56,15 @@ class Park(BaseException):
     """Unwinds a background flow that waits long: its thread is released, the scheduler resumes it.
 
     A ``BaseException`` so that ``except Exception`` in flow code cannot swallow it.
+    ``wake_at`` is the journaled wall-clock deadline, ``after`` the seconds left as this
+    process measured them (the scheduler times the wake-up on its monotonic clock).
     """
 
-    def __init__(self, wake_at: int | None, waiting_for: str | None) -> None:
+    def __init__(self, wake_at: int | None, waiting_for: str | None, after: float | None = None) -> None:
         super().__init__(f"flow parked (wake_at={wake_at}, waiting_for={waiting_for})")
         self.wake_at = wake_at
         self.waiting_for = waiting_for
+        self.after = after
 
 
 class RemoteError(Exception):
@@ -108,6 +110,7 @@ class Run:
         fence: int,
         rows: dict[int, StepRow],
         background: bool,
+        woken: int = 0,
     ) -> None:
         self.engine = engine
         self.store: Store = engine.store
@@ -118,6 +121,7 @@ class Run:
         self.fence = Fence(flow_id, engine.owner, fence, engine.lease_ms)
         self.rows = rows
         self.background = background
+        self.woken = woken  # a journaled deadline the scheduler found due (see _time_left)
         self.counter = 0
         self.in_step = False
         self.active = True
@@ -133,6 +137,17 @@ class Run:
         if not self.codec.signing:
             return b""
         return step_context(self.flow_id, step, kind)
+
+    def _time_left(self, deadline: int, length: int) -> float:
+        """Seconds until a journaled wall-clock deadline of a sleep or wait ``length`` ms long.
+
+        None left if the scheduler woke this run for it (it timed the wait on its monotonic
+        clock); never more than ``length``, so a wall clock stepped back since the deadline
+        was written cannot make the sleep or wait last longer than asked (docs: _clock).
+        """
+        if self.woken and deadline <= self.woken:
+            return 0.0
+        return max(0, min(deadline - _clock.now_ms(), length)) / 1000
 
     def _where(self, step: int) -> Callable[[], dict[str, Any]]:
         return lambda: {"path": self.store.path, "flow_id": self.flow_id, "step": step}
@@ -250,7 +265,7 @@ class Run:
         while True:
             tries += 1
             _faults.point("step.intent.before_write")
-            ts = now_ms()
+            ts = _clock.now_ms()
             if row is None and tries == 1:
                 intent: Op = Intent(step, ts, cls_name, name, kind, params, fp, site)
             else:
@@ -274,7 +289,7 @@ class Run:
                 self.in_step = False
             _faults.point("step.result.before_write")
             blob = self._encode(result, step, name, "the result", b"r")
-            self.commit("step.result.mid_txn", Complete(step, blob, now_ms()))
+            self.commit("step.result.mid_txn", Complete(step, blob, _clock.now_ms()))
             self.store.sync()
             _faults.point("step.result.after_commit")
             return result
@@ -286,7 +301,7 @@ class Run:
         except EncodeError:
             blob = self.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"))
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.commit("step.error.mid_txn", StepFailed(step, blob, text, now_ms()))
+        self.commit("step.error.mid_txn", StepFailed(step, blob, text, _clock.now_ms()))
         self.store.sync()
         _faults.point("step.error.after_commit")
         self.failures[step] = exc
@@ -316,7 +331,7 @@ class Run:
         result = fn(*args, **kwargs) if override is None else override(what, step, fn, args, kwargs)
         value = list(args[0]) if what == "random.shuffle" else result
         blob = self._encode(value, step, what, "the captured value", b"r")
-        self.pending.append(Captured(step, now_ms(), module, method, blob, fp))
+        self.pending.append(Captured(step, _clock.now_ms(), module, method, blob, fp))
         return result
 
     # ------------------------------------------------------------------ durable sleep
@@ -333,7 +348,7 @@ class Run:
                 return
             deadline = row.timestamp + (row.delay or 0)
         else:
-            ts = now_ms()
+            ts = _clock.now_ms()
             self.commit(
                 "sleep.start.mid_txn", Intent(step, ts, "time", "sleep", "sleep", None, fp, None, delay)
             )
@@ -343,13 +358,13 @@ class Run:
             self.rows[step] = StepRow(
                 step, "time", "sleep", "PENDING", 1, None, None, fp, None, ts, delay, "sleep"
             )
-        remaining = deadline - now_ms()
+        remaining = self._time_left(deadline, delay)
         if remaining > 0:
-            if self.background and remaining > self.engine.park_after_ms:
-                raise Park(wake_at=deadline, waiting_for=None)
-            _real_sleep(remaining / 1000)
+            if self.background and remaining * 1000 > self.engine.park_after_ms:
+                raise Park(wake_at=deadline, waiting_for=None, after=remaining)
+            _real_sleep(remaining)
         _faults.point("sleep.wake.before_commit")
-        self.commit("sleep.wake.mid_txn", Complete(step, None, now_ms()))
+        self.commit("sleep.wake.mid_txn", Complete(step, None, _clock.now_ms()))
 
     # ------------------------------------------------------------------ signals
 
@@ -380,9 +395,9 @@ class Run:
                     kind="signal",
                 )
             started = row.timestamp
-            self.commit("signal.wait.mid_txn", Retry(step, now_ms(), status=None))
+            self.commit("signal.wait.mid_txn", Retry(step, _clock.now_ms(), status=None))
         else:
-            started = now_ms()
+            started = _clock.now_ms()
             delay = None if timeout is None else int(timeout * 1000)
             wait = Intent(
                 step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL"
@@ -390,7 +405,8 @@ class Run:
             self.commit("signal.wait.mid_txn", wait)
             self.store.sync()
             _faults.point("signal.wait.after_write")
-        deadline = None if timeout is None else started + int(timeout * 1000)
+        length = None if timeout is None else int(timeout * 1000)
+        ends = None if length is None else _clock.mono() + self._time_left(started + length, length)
         while True:
             taken = self._take_signal(step, name)
             if taken is not None:
@@ -410,17 +426,15 @@ class Run:
                     functools.partial(getattr(obj, name), *args, **kwargs),
                     kind="signal",
                 )
-            now = now_ms()
-            if deadline is not None and now >= deadline:
+            left = None if ends is None else ends - _clock.mono()
+            if left is not None and left <= 0:
                 exc = WaitTimeoutError(flow_id=self.flow_id, step=name, timeout=timeout or 0.0)
                 self._record_failure(step, name, exc)
                 raise exc
-            if self.background and (deadline is None or deadline - now > self.engine.park_after_ms):
-                raise Park(wake_at=deadline, waiting_for=name)
+            if self.background and (left is None or left * 1000 > self.engine.park_after_ms):
+                raise Park(None if length is None else started + length, name, left)
             self.engine._wait_for_signal_event(
-                self.engine.poll_interval
-                if deadline is None
-                else min(self.engine.poll_interval, (deadline - now) / 1000)
+                self.engine.poll_interval if left is None else min(self.engine.poll_interval, left)
             )
 
     def _take_signal(self, step: int, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -440,7 +454,7 @@ class Run:
         )
         args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
         # Conditional on the signal being unconsumed; only this flow's owner (fenced) consumes it.
-        self.commit("signal.deliver.mid_txn", ConsumeSignal(seq, step, params, now_ms()))
+        self.commit("signal.deliver.mid_txn", ConsumeSignal(seq, step, params, _clock.now_ms()))
         return args, kwargs
 
     # ------------------------------------------------------------------ child flows

@@ -3,8 +3,18 @@
 Ownership: a flow runs in one place at a time. Claiming it is compare-and-set on the flow's
 fencing token (:meth:`~._store.base.Store.take_over`): the claimer that saw the current
 token wins and bumps it, every later write of the flow is fenced by the new token, and a
-claimer that lost the race reads the flow again. A claim is allowed when nobody owns the
-flow, when the owner's pid is dead (same host), or when its lease expired.
+claimer that lost the race reads the flow again.
+
+**The takeover rule.** A flow may be claimed when nobody owns it, when its owner is known
+dead (same host, its pid is gone), or when its owner has not renewed the lease for one
+lease length *as measured by the claimer's own monotonic clock*: the claimer remembers the
+``(owner, fence, lease_until)`` it saw and when, and only if that has not changed for
+``lease_seconds`` does it take over. Every owner renews its leases (a heartbeat thread, and
+every write), and a renewal always changes ``lease_until``. No wall clock is compared with
+another process's: a claimer whose clock is an hour ahead, or an owner whose clock was
+stepped back, cannot make a live owner's flow look abandoned. (One consequence: a process
+that just started cannot take over a flow from an owner on another host at once; a worker
+does so after watching it for one lease length.)
 
 How a run ends is journaled by :meth:`Runner.run_entry`: the entry's result (step 0
 COMPLETE), a park (:class:`~._run.Park`: the flow waits, released), an escaped exception
@@ -19,8 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _faults
-from ._clock import now_ms
+from . import _clock, _faults
 from ._entries import REBUILD, check_flow_id, entry_function, entry_owner, resolve_class, spec_of
 from ._ownership import owner_alive
 from ._run import Park, RemoteError, Run
@@ -45,6 +54,7 @@ from .errors import (
     FlowCancelledError,
     FlowFailedError,
     FlowNotFoundError,
+    LeaseLostError,
     NonDeterminismError,
     SerializationError,
     TransparentDEError,
@@ -62,6 +72,7 @@ class Runner:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._seen: dict[str, tuple[tuple[str, int, int | None], float]] = {}  # flow -> (lease seen, since)
 
     def _where(self, fid: str, step: int = 0) -> Callable[[], dict[str, Any]]:
         return lambda: {"path": self.engine.store.path, "flow_id": fid, "step": step}
@@ -107,7 +118,7 @@ class Runner:
         for _ in range(_CLAIM_ROUNDS):
             state = store.flow_state(fid)
             if state is None:
-                t = now_ms()
+                t = _clock.now_ms()
                 new = NewFlow(
                     fid,
                     cls.__module__,
@@ -150,8 +161,8 @@ class Runner:
                 return None
             engine.reserve(fid)
             try:
-                t = now_ms()
-                if self.owned_elsewhere(state.owner, state.lease_until, t):
+                t = _clock.now_ms()
+                if self.owned_elsewhere(fid, state.owner, state.lease_until, state.fence):
                     raise FlowBusyError(flow_id=fid, owner=state.owner or "")
                 fence = store.take_over(fid, state.fence, engine.owner, t + engine.lease_ms, t)
                 rows = store.load_steps(fid) if fence is not None else {}
@@ -161,18 +172,26 @@ class Runner:
             if fence is None:
                 engine.unreserve(fid)
                 continue
+            self._seen.pop(fid, None)
             _faults.point("flow.start.after_commit")
             return fence, rows
         raise TransparentDEError(f"flow {fid}: could not claim it; other engines keep changing it")
 
-    def owned_elsewhere(self, owner: str | None, lease_until: int | None, now: int) -> bool:
-        """Does another engine that may be alive hold the flow's lease? (Then it is not ours to run.)"""
-        return (
-            owner is not None
-            and owner != self.engine.owner
-            and owner_alive(owner)
-            and (lease_until or 0) > now
-        )
+    def owned_elsewhere(self, fid: str, owner: str | None, lease_until: int | None, fence: int) -> bool:
+        """Does another engine that may be alive hold the flow? (Then it is not ours to run.)
+
+        See the takeover rule in the module docstring: alive means not known dead, and the
+        lease renewed within the last lease length of *our* monotonic clock.
+        """
+        if owner is None or owner == self.engine.owner or not owner_alive(owner):
+            return False
+        lease = (owner, fence, lease_until)
+        now = _clock.mono()
+        seen = self._seen.get(fid)
+        if seen is None or seen[0] != lease:
+            self._seen[fid] = (lease, now)  # first sight of this lease (or a renewal): wait a lease length
+            return True
+        return now - seen[1] < self.engine.lease_ms / 1000
 
     # ------------------------------------------------------------------ running
 
@@ -185,9 +204,12 @@ class Runner:
         flow_id: str | None,
         background: bool,
         fn: Callable[..., Any],
+        woken: int = 0,
     ) -> Any:
         """Run entry ``name`` of ``obj`` as flow ``flow_id``; ``fn`` is the exact entry function
-        (a base class's, when reached through ``super()``; see :func:`entry_function`)."""
+        (a base class's, when reached through ``super()``; see :func:`entry_function`).
+        ``woken``: the journaled deadline (wall ms) the scheduler found due on its monotonic
+        clock; sleeps and waits ending by it are over, whatever the wall clock says now."""
         engine = self.engine
         spec = spec_of(obj)
         fid = check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
@@ -201,7 +223,8 @@ class Runner:
         assert claimed is not None
         fence, rows = claimed
         assert isinstance(rows, dict)
-        run = Run(engine, fid, obj, spec, int(fence), rows, background)
+        run = Run(engine, fid, obj, spec, int(fence), rows, background, woken)
+        engine.scheduler.ensure_heartbeat()
         token = current_run.set(run)
         try:
             try:
@@ -211,7 +234,9 @@ class Runner:
         except Park as park:
             self._park(run, park)
             raise
-        except (LeaseLost, _faults.InjectedCrash):
+        except LeaseLost:
+            raise LeaseLostError(flow_id=fid, flow_class=spec.class_name) from None
+        except _faults.InjectedCrash:
             raise
         except Exception as exc:
             self._fail(run, exc)
@@ -219,7 +244,7 @@ class Runner:
         except BaseException:
             # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
             with contextlib.suppress(BaseException):
-                engine.store.commit(run.fence, [Release(now_ms())], "flow.release.mid_txn")
+                engine.store.commit(run.fence, [Release(_clock.now_ms())], "flow.release.mid_txn")
             raise
         finally:
             run.active = False
@@ -230,19 +255,19 @@ class Runner:
     def _complete(self, run: Run, result: Any) -> None:
         _faults.point("flow.complete.before")
         blob = run._encode(result, 0, run.spec.class_name, "the flow's result", b"r")
-        run.commit("flow.complete.mid_txn", FlowComplete(blob, now_ms()))
+        run.commit("flow.complete.mid_txn", FlowComplete(blob, _clock.now_ms()))
         self.engine.store.sync()
         _faults.point("flow.complete.after_commit")
 
     def _park(self, run: Run, park: Park) -> None:
-        run.commit("flow.park.mid_txn", Parked(park.wake_at, park.waiting_for, now_ms()))
+        run.commit("flow.park.mid_txn", Parked(park.wake_at, park.waiting_for, _clock.now_ms()))
         self.engine.store.sync()
-        self.engine.scheduler.schedule(run.flow_id, park.wake_at or 0, park.waiting_for)
+        self.engine.scheduler.schedule(run.flow_id, park.wake_at or 0, park.waiting_for, park.after)
 
     def _fail(self, run: Run, exc: Exception) -> None:
         """An exception escaped the flow: leave it resumable (retry the failed step) or end it FAILED."""
         step = _escaped_step(run, exc)
-        t = now_ms()
+        t = _clock.now_ms()
         if run.spec.failure == "final":
             ctx = step_context(run.flow_id, 0, b"e")
             try:
@@ -283,7 +308,7 @@ class Runner:
             codec.check(ident.parameters, step_context(fid, 0, b"p"), self._where(fid))
         return ident
 
-    def resume(self, fid: str) -> Any:
+    def resume(self, fid: str, woken: int = 0) -> Any:
         """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
         ident = self.identity(fid)
         where = self._where(fid)
@@ -297,7 +322,7 @@ class Runner:
             obj = cls()
         args, kwargs = codec.open(ident.parameters, step_context(fid, 0, b"p"), where)
         fn = entry_function(obj, ident.method, ident.declaring)
-        return self.run_entry(obj, ident.method, tuple(args), dict(kwargs), fid, background=True, fn=fn)
+        return self.run_entry(obj, ident.method, tuple(args), dict(kwargs), fid, True, fn, woken)
 
     def final_outcome(self, fid: str) -> tuple[bool, Any] | None:
         """``(True, result)`` or ``(False, error)`` of a finished flow; None while it is unfinished."""

@@ -18,28 +18,41 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from . import _faults
-from ._clock import now_ms
+from . import _clock, _faults
 from ._run import Park
 from ._store.base import LeaseLost
-from .errors import FlowBusyError, TransparentDEError
+from .errors import FlowBusyError, LeaseLostError, TransparentDEError
 
 if TYPE_CHECKING:
     from ._engine import Engine
 
 
 class Scheduler:
-    """Background work of one engine; threads start on first use and stop with :meth:`close`."""
+    """Background work of one engine; threads start on first use and stop with :meth:`close`.
+
+    Parked flows are timed on the monotonic clock: :meth:`schedule` turns a journaled
+    wall-clock deadline into a monotonic one once, so a wall clock stepped afterwards does
+    not make a flow wake late or early. A flow is in the heap at most once (the latest
+    schedule wins), however often recovery finds it.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._parked: list[tuple[int, str]] = []  # heap of (wake_at or 0, flow_id)
+        self._heap: list[tuple[float, str]] = []  # (monotonic due time, flow_id); stale entries skipped
+        self._due: dict[str, tuple[float, int]] = {}  # flow_id -> (its due time, the wall deadline)
         self._waiting: set[str] = set()  # parked on a signal (polled)
         self._pool: ThreadPoolExecutor | None = None
-        self._threads: list[threading.Thread] = []
+        self._scheduler: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
         self._closed = False
+        self._stop = threading.Event()
+
+    def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _ensure_threads(self) -> None:
         with self._lock:
@@ -47,14 +60,16 @@ class Scheduler:
                 raise TransparentDEError("this engine was closed")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.engine.max_workers, thread_name_prefix="tde-flow")
-            if not self._threads:
-                for name, target in (
-                    ("tde-scheduler", self._schedule_loop),
-                    ("tde-heartbeat", self._heartbeat),
-                ):
-                    thread = threading.Thread(target=target, name=name, daemon=True)
-                    thread.start()
-                    self._threads.append(thread)
+            if self._scheduler is None:
+                self._scheduler = self._start("tde-scheduler", self._schedule_loop)
+        self.ensure_heartbeat()
+
+    def ensure_heartbeat(self) -> None:
+        """Renew the leases of this engine's running flows from now on, whatever started them."""
+        if self._heartbeat is None:
+            with self._lock:
+                if self._heartbeat is None and not self._closed:
+                    self._heartbeat = self._start("tde-heartbeat", self._heartbeat_loop)
 
     def submit(self, fid: str, fn: Callable[[], Any]) -> None:
         """Run ``fn`` (a flow's entry or resume) on the pool; its outcome goes to the flow's handle."""
@@ -66,10 +81,8 @@ class Scheduler:
                 value = fn()
             except Park:
                 return  # parked: the scheduler resumes it
-            except FlowBusyError:
-                return  # somebody else runs it; the handle polls the journal
-            except LeaseLost:
-                return
+            except (FlowBusyError, LeaseLostError, LeaseLost):
+                return  # somebody else runs it; the handle reads the outcome from the journal
             except _faults.InjectedCrash:
                 return
             except BaseException as exc:
@@ -80,8 +93,12 @@ class Scheduler:
         assert self._pool is not None
         self._pool.submit(job)
 
-    def schedule(self, fid: str, wake_at: int, waiting_for: str | None) -> None:
-        """Resume the flow at ``wake_at`` (ms; 0 = now), or when a signal for ``waiting_for`` arrives."""
+    def schedule(self, fid: str, wake_at: int, waiting_for: str | None, after: float | None = None) -> None:
+        """Resume the flow at ``wake_at`` (wall ms; 0 = now), or when a signal for ``waiting_for`` arrives.
+
+        ``after``: the seconds left, if the caller knows them better than the wall clock does
+        (a flow that just parked measured them; recovery caps them at the wait's length).
+        """
         self._ensure_threads()
         with self._lock:
             # A wait with a timeout is both: watched for its signal and timed for its deadline
@@ -89,7 +106,15 @@ class Scheduler:
             if waiting_for is not None:
                 self._waiting.add(fid)
             if waiting_for is None or wake_at:
-                heapq.heappush(self._parked, (wake_at, fid))
+                known = self._due.get(fid)
+                if known is None or known[1] != wake_at:
+                    if after is not None:
+                        left = max(0.0, after)
+                    else:
+                        left = max(0, wake_at - _clock.now_ms()) / 1000 if wake_at else 0.0
+                    due = _clock.mono() + left
+                    self._due[fid] = (due, wake_at)
+                    heapq.heappush(self._heap, (due, fid))
             self._wakeup.notify_all()
 
     def signalled(self, fid: str) -> None:
@@ -99,30 +124,39 @@ class Scheduler:
         if waiting:
             self.schedule(fid, 0, None)
 
+    def _pop_due(self) -> list[tuple[str, int]]:
+        """Flows whose time has come, with the wall deadline each was parked for (lock held)."""
+        now = _clock.mono()
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            when, fid = heapq.heappop(self._heap)
+            known = self._due.get(fid)
+            if known is not None and known[0] == when:
+                del self._due[fid]
+                due.append((fid, known[1]))
+        return due
+
     def _schedule_loop(self) -> None:
         engine = self.engine
         while True:
             with self._lock:
                 if self._closed:
                     return
-                now = now_ms()
-                due = []
-                while self._parked and self._parked[0][0] <= now:
-                    due.append(heapq.heappop(self._parked)[1])
-                self._waiting.difference_update(due)  # a resumed flow re-parks (and re-registers) itself
+                due = self._pop_due()
+                self._waiting.difference_update(fid for fid, _ in due)  # a resumed flow re-parks itself
                 waiting = list(self._waiting)
                 timeout = engine.poll_interval
-                if self._parked:
-                    timeout = min(timeout, max(0.0, (self._parked[0][0] - now) / 1000))
+                if self._heap:
+                    timeout = min(timeout, max(0.0, self._heap[0][0] - _clock.mono()))
             if waiting:
                 ready = engine.store.signalled(waiting)
                 with self._lock:
                     self._waiting.difference_update(ready)
-                due += ready
-            for fid in due:
+                due += [(fid, 0) for fid in ready]
+            for fid, deadline in due:
                 if not engine.is_active(fid):
                     try:
-                        self.submit(fid, functools.partial(engine.runner.resume, fid))
+                        self.submit(fid, functools.partial(engine.runner.resume, fid, deadline))
                     except TransparentDEError:
                         if self._closed:
                             return  # close() raced with a due flow: it stays parked in the journal
@@ -131,29 +165,26 @@ class Scheduler:
                 if not self._closed:
                     self._wakeup.wait(timeout)
 
-    def _heartbeat(self) -> None:
+    def _heartbeat_loop(self) -> None:
         """Renew the leases of flows running here, so a long step does not lose its flow."""
         engine = self.engine
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                self._wakeup.wait(max(0.05, engine.lease_ms / 3000))
+        while not self._stop.wait(max(0.05, engine.lease_ms / 3000)):
             active = engine.active_flows()
             if active:
                 with contextlib.suppress(Exception):
-                    engine.store.renew(engine.owner, active, now_ms() + engine.lease_ms)
+                    engine.store.renew(engine.owner, active, _clock.now_ms() + engine.lease_ms)
 
     def close(self) -> None:
         """Stop the threads (running flows finish their current step) and join them."""
         with self._lock:
             self._closed = True
             self._wakeup.notify_all()
+        self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         # Join our threads, so that a fork() right after close() forks a single-threaded process.
-        for thread in self._threads:
-            if thread is not threading.current_thread():
+        for thread in (self._scheduler, self._heartbeat):
+            if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
-        self._threads = []
+        self._scheduler = self._heartbeat = None

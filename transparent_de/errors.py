@@ -25,6 +25,7 @@ __all__ = [
     "JournalIOError",
     "JournalKeyError",
     "JournalPermissionError",
+    "LeaseLostError",
     "NonDeterminismError",
     "NotADatabaseError",
     "SchemaTooNewError",
@@ -276,6 +277,22 @@ class FlowBusyError(TransparentDEError):
             f"flow {f['flow_id']} is being run by {f['owner']}; a flow runs in one place at a time. "
             "Wait for it (start(...).result()), or, if that owner is dead, recover() takes the flow "
             "over once its lease expires."
+        )
+
+
+class LeaseLostError(TransparentDEError):
+    """This process stopped running the flow: another engine took it over (its lease lapsed)."""
+
+    def __init__(self, message: str = "", *, flow_id: str = "", flow_class: str = "") -> None:
+        super().__init__(message, flow_id=flow_id, flow_class=flow_class)
+
+    def _build(self, **f: Any) -> str:
+        return (
+            f"{_flow(f['flow_class'], f['flow_id'])}: another engine took the flow over while this "
+            "process ran it (this process had not renewed its lease for a lease length, e.g. it was "
+            "stopped or its journal unreachable). This run stopped without writing anything more; "
+            "the flow goes on where it is now owned. Wait for it with start(...).result() or look at "
+            "it with `transparent-de show`."
         )
 
 

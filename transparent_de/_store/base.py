@@ -114,8 +114,10 @@ class Unfinished:
     flow_id: str
     owner: str | None
     lease_until: int | None
+    fence: int
     wake_at: int | None
     waiting_for: str | None
+    wait_length: int | None  # ms: the length of the sleep or wait it is parked in, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +376,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def renew(self, owner: str, flow_ids: Sequence[str], lease_until: int) -> None:
-        """Extend the leases of flows this owner runs (heartbeat)."""
+        """Extend the leases of flows this owner runs (heartbeat). Every renewal changes the
+        stored lease (so that others can tell a live owner from a stopped one by watching it),
+        even when ``lease_until`` is not later than what is stored."""
 
     @abc.abstractmethod
     def cancel(self, flow_id: str, now: int) -> str | None:

@@ -41,8 +41,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from .. import _faults
-from .._clock import now_ms
+from .. import _clock, _faults
 from ..errors import (
     ForeignDatabaseError,
     JournalIOError,
@@ -106,7 +105,7 @@ class _Write:
         fence = self.fence
         if fence is not None:
             try:
-                t = now_ms()
+                t = _clock.now_ms()
                 params = (t + fence.lease_ms, t, fence.flow_id, fence.owner, fence.token)
                 if con.execute(Q["fence"], params).rowcount != 1:
                     raise LeaseLost(fence.flow_id)

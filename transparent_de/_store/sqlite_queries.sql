@@ -5,8 +5,10 @@
 
 -- name: fence
 -- In every write transaction of a flow: renews the lease, and matches no row (refusing the
--- write) once another engine took the flow over.
-UPDATE flows SET lease_until = ?, updated = ? WHERE flow_id = ? AND owner = ? AND fence = ?
+-- write) once another engine took the flow over. A renewal always changes lease_until (even
+-- if this process's clock stands still or went back): others see renewals as changes.
+UPDATE flows SET lease_until = max(coalesce(lease_until, 0) + 1, ?), updated = ?
+WHERE flow_id = ? AND owner = ? AND fence = ?
 
 -- name: flow_state
 SELECT f.status, f.owner, f.lease_until, f.fence, e.class_name, e.method_name, e.fingerprint
@@ -34,7 +36,8 @@ WHERE flow_id = ? AND fence = ?
 UPDATE execution_log SET attempts = attempts + 1, updated = ? WHERE flow_id = ? AND step = 0
 
 -- name: renew
-UPDATE flows SET lease_until = ? WHERE flow_id = ? AND owner = ?
+-- The heartbeat of a running flow (always a change of lease_until, as in `fence`).
+UPDATE flows SET lease_until = max(coalesce(lease_until, 0) + 1, ?) WHERE flow_id = ? AND owner = ?
 
 -- name: cancel_flow
 UPDATE flows SET status = 'CANCELLED', owner = NULL, fence = fence + 1, updated = ?
@@ -144,8 +147,14 @@ SELECT module || '.' || qualname FROM flows WHERE flow_id = ?
 SELECT status, wake_at, waiting_for FROM flows WHERE flow_id = ?
 
 -- name: unfinished
-SELECT flow_id, owner, lease_until, wake_at, waiting_for FROM flows
-WHERE status IN ('PENDING', 'WAITING_FOR_SIGNAL') ORDER BY created
+-- With the length of the sleep or wait each parked flow is in (its latest unfinished timed row).
+SELECT f.flow_id, f.owner, f.lease_until, f.fence, f.wake_at, f.waiting_for,
+       (SELECT e.delay FROM execution_log e
+        WHERE e.flow_id = f.flow_id AND e.step > 0 AND e.delay IS NOT NULL
+          AND e.status IN ('PENDING', 'WAITING_FOR_SIGNAL')
+        ORDER BY e.step DESC LIMIT 1)
+FROM flows f
+WHERE f.status IN ('PENDING', 'WAITING_FOR_SIGNAL') ORDER BY f.created
 
 -- name: flows
 -- For `list`: every flow, or those with one status (? is NULL for all).
