@@ -121,7 +121,7 @@ def test_worker_until_idle(tde: CLI) -> None:
     _crash(tde, "c2")
     p = tde("worker", "--until-idle", "--json")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["finished"] == 1
+    assert json.loads(p.stdout)["finished"] == ["c2"]
     assert tde.json("list")[0]["status"] == "COMPLETE"
 
 

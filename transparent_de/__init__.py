@@ -20,19 +20,21 @@ from ._api import (
     configure,
     default_engine,
     recover,
+    retry,
     run,
     signal,
     start,
     wait_for,
     worker,
 )
-from ._engine import Engine
+from ._engine import Engine, WorkerReport
 from ._handle import FlowHandle
 from ._hook import InstallHandle, install, install_this_package, rewrite_class
 from ._store.base import FlowInfo, StepInfo
 from .errors import (
     FlowBusyError,
     FlowNotRewrittenError,
+    LeaseLostError,
     NonDeterminismError,
     SerializationError,
     SignalError,
@@ -49,12 +51,14 @@ __all__ = [
     "FlowInfo",
     "FlowNotRewrittenError",
     "InstallHandle",
+    "LeaseLostError",
     "NonDeterminismError",
     "SerializationError",
     "SignalError",
     "StepInfo",
     "TransparentDEError",
     "WaitTimeoutError",
+    "WorkerReport",
     "__version__",
     "cancel",
     "configure",
@@ -63,6 +67,7 @@ __all__ = [
     "install",
     "install_this_package",
     "recover",
+    "retry",
     "rewrite_class",
     "run",
     "signal",

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._engine import Engine
+from ._engine import Engine, WorkerReport
 from ._handle import FlowHandle
 from ._trampoline import BoundStep, current_run
 from .errors import TransparentDEError
@@ -76,12 +76,17 @@ def signal(flow_id: str, step: str, *args: Any, **kwargs: Any) -> None:
     default_engine().signal(flow_id, step, *args, **kwargs)
 
 
+def retry(flow_id: str) -> FlowHandle:
+    """Resume a FAILED flow (re-arm the dead letter), or a failing one without waiting for its backoff."""
+    return default_engine().retry(flow_id)
+
+
 def cancel(flow_id: str) -> None:
     """Cancel an unfinished flow."""
     default_engine().cancel(flow_id)
 
 
-def worker(stop: threading.Event | None = None, *, until_idle: bool = False) -> int:
+def worker(stop: threading.Event | None = None, *, until_idle: bool = False) -> WorkerReport:
     """Run recovery, timers and signal delivery until ``stop`` is set (or until idle)."""
     return default_engine().worker(stop, until_idle=until_idle)
 

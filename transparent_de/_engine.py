@@ -13,12 +13,14 @@ the journal) when due or signalled. Sleeping flows cost no threads.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
@@ -55,6 +57,47 @@ def _warn_unsigned(path: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class WorkerReport:
+    """What :meth:`Engine.worker` saw: flows that finished, ended FAILED or CANCELLED
+    (``failed``), were stopped by an engine error and left unfinished (``failing``), and how
+    many runs failed along the way (each failed run of a flow that will be retried counts)."""
+
+    finished: list[str]
+    failed: list[str]
+    failing: list[str]
+    failed_runs: int
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.failing or self.failed_runs)
+
+
+def _bind_signal(flow_id: str, cls: type, step: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse, before storing it, a signal whose arguments the step cannot take (it would fail
+    in the flow, and keep failing there, instead of in the sender's hands)."""
+    fn = getattr(cls, step)
+    fn = getattr(fn, "__tde_entry__", fn)
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, *args, **kwargs)  # None stands for self
+    except TypeError as exc:
+        shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+        params = str(signature).replace("(self, ", "(").replace("(self)", "()")
+        raise SignalError(
+            flow_id=flow_id,
+            step=step,
+            reason=f"{step}{params} cannot take ({_cut(shown)}): {exc}; nothing was stored",
+        ) from None
+
+
+def _cut(text: str, width: int = 120) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 class Engine:
     """Runs flows against one journal. Many may exist in one process (one per journal).
 
@@ -63,7 +106,10 @@ class Engine:
     docs/journal.md, threat model): ``True`` (default) takes ``TRANSPARENT_DE_HMAC_KEY`` when
     the journal is first opened, ``None`` or ``False`` means no key, a ``str``/``bytes`` is
     the key itself. ``readonly=True`` opens the journal for inspection only (``flows()``,
-    ``steps()``): it is never created, initialised or written.
+    ``steps()``): it is never created, initialised or written. A flow whose runs fail
+    ``max_recovery_attempts`` times in a row ends FAILED (a flow's own ``__flow__`` option of
+    that name wins); recovery waits between failed runs (the flow's ``backoff``, doubling up
+    to ``max_backoff``).
     """
 
     def __init__(
@@ -78,6 +124,7 @@ class Engine:
         busy_timeout: float = 10.0,
         hmac_key: str | bytes | bool | None = True,
         readonly: bool = False,
+        max_recovery_attempts: int = 50,
     ) -> None:
         if database is None:
             database = os.environ.get("TRANSPARENT_DE_DB", "transparent_de.db")
@@ -91,6 +138,11 @@ class Engine:
         self.poll_interval = poll_interval
         self.busy_timeout = busy_timeout
         self.readonly = readonly
+        if not isinstance(max_recovery_attempts, int) or max_recovery_attempts < 1:
+            raise ValueError(
+                f"max_recovery_attempts must be a whole number >= 1, not {max_recovery_attempts!r}"
+            )
+        self.max_recovery_attempts = max_recovery_attempts
         self._key_option = hmac_key
         self._store: Store | None = None
         self._codec: Codec | None = None
@@ -106,6 +158,11 @@ class Engine:
         self._store = None
         self._active: set[str] = set()
         self._handles: dict[str, FlowHandle] = {}
+        # Flows a background run of this engine stopped on an engine error (a damaged or
+        # unverifiable journal, changed code): not resumed again here until retry(), so a
+        # worker does not spin on them. They stay resumable in the journal.
+        self.refused: dict[str, BaseException] = {}
+        self.failed_runs = 0  # background runs that failed (worker --until-idle exits 1)
         self._signal_cv = threading.Condition()
         self.runner = Runner(self)
         self.scheduler = Scheduler(self)
@@ -207,9 +264,8 @@ class Engine:
         # Create the rows now, so the flow exists (and can be signalled) when start() returns.
         state = self.runner.claim(obj, name, args, kwargs, fid, fn, create_only=True)
         handle = self.handle(fid)
-        if state is not None:
-            ok, value = state
-            handle._set(bool(ok), value)
+        if isinstance(state, tuple):  # finished already: its outcome
+            handle._set(*state)
             return handle
         runner = self.runner
         self.scheduler.submit(
@@ -226,6 +282,9 @@ class Engine:
         _faults.point("recovery.after_scan")
         handles = []
         for u in self.store.unfinished():
+            if u.flow_id in self.refused:
+                handles.append(self.handle(u.flow_id))  # resolved with its error already
+                continue
             if self.is_active(u.flow_id):
                 handles.append(self.handle(u.flow_id))
                 continue
@@ -255,14 +314,20 @@ class Engine:
                 flow_id=flow_id, step=step, reason=f"the flow is {status}; nothing will wait for it"
             )
         ident = self.runner.identity(flow_id)  # verified before anything is imported
+        if step == ident.method:
+            raise SignalError(
+                flow_id=flow_id, step=step, reason=f"{step!r} is the flow's entry, not a step it can wait for"
+            )
         cls = resolve_class(ident.module, ident.qualname, required=False)
         spec = cls.__dict__.get("__tde_spec__") if cls is not None else None
-        if isinstance(spec, FlowSpec) and step not in spec.steps:
-            raise SignalError(
-                flow_id=flow_id,
-                step=step,
-                reason=f"{ident.qualname} has no step named {step!r} (steps: {sorted(spec.steps)})",
-            )
+        if isinstance(spec, FlowSpec):
+            if step not in spec.steps:
+                raise SignalError(
+                    flow_id=flow_id,
+                    step=step,
+                    reason=f"{ident.qualname} has no step named {step!r} (steps: {sorted(spec.steps)})",
+                )
+            _bind_signal(flow_id, cls, step, args, kwargs)
         codec = self.codec
 
         def seal(seq: int) -> bytes:  # the payload is bound to its row, so it is sealed once the row exists
@@ -278,6 +343,29 @@ class Engine:
         with self._signal_cv:
             self._signal_cv.notify_all()
         self.scheduler.signalled(flow_id)
+
+    def retry(self, flow_id: str) -> FlowHandle:
+        """Resume a flow now: re-arm a FAILED one (the dead letter), or cut short the backoff of a
+        failing one and forget that this engine stopped it; returns its handle.
+
+        The flow runs again from where it failed (its completed steps are replayed).
+        """
+        store = self.store
+        previous = store.rearm(flow_id, _clock.now_ms())
+        if previous is None:
+            raise FlowNotFoundError(flow_id=flow_id, path=store.path)
+        if previous not in ("FAILED", "PENDING"):
+            raise TransparentDEError(
+                f"flow {flow_id} is {previous}; only FAILED flows and failing PENDING ones can be retried"
+            )
+        store.sync()
+        self.refused.pop(flow_id, None)
+        with self._lock:
+            self._handles.pop(flow_id, None)  # a fresh handle: the old one may hold the old failure
+        handle = self.handle(flow_id)
+        if not self.is_active(flow_id):
+            self.scheduler.schedule(flow_id, 0, None)
+        return handle
 
     def cancel(self, flow_id: str) -> None:
         """Mark an unfinished flow CANCELLED: it will not run again (a running step finishes)."""
@@ -302,24 +390,33 @@ class Engine:
             raise FlowNotFoundError(flow_id=flow_id, path=self.store.path)
         return rows
 
-    def worker(self, stop: threading.Event | None = None, *, until_idle: bool = False) -> int:
+    def worker(self, stop: threading.Event | None = None, *, until_idle: bool = False) -> WorkerReport:
         """Recover flows, wake due timers and deliver signals until ``stop`` is set.
 
         With ``until_idle`` it returns once no unfinished flow is runnable here (waiting
-        flows with no signal and future timers do not count). Returns the number of flows
-        it saw finish.
+        flows with no signal, future timers and flows backing off after a failure do not
+        count). Returns what it saw: flows finished, and flows that failed.
         """
         stop = stop or threading.Event()
         seen: set[str] = set()
+        failed_before = self.failed_runs
         while not stop.is_set():
             handles = self.recover()
             seen.update(h.id for h in handles)
             if until_idle:
-                runnable = [h for h in handles if not h.done() and self._runnable(h.id)]
+                runnable = [
+                    h for h in handles if h.id not in self.refused and not h.done() and self._runnable(h.id)
+                ]
                 if not runnable and not self._active:
                     break
             stop.wait(self.poll_interval)
-        return sum(self.runner.final_outcome(fid) is not None for fid in seen)
+        outcomes = {fid: self.runner.final_outcome(fid) for fid in seen}
+        return WorkerReport(
+            finished=sorted(f for f, o in outcomes.items() if o is not None and o[0]),
+            failed=sorted(f for f, o in outcomes.items() if o is not None and not o[0]),
+            failing=sorted(f for f, o in outcomes.items() if o is None and (f in self.refused)),
+            failed_runs=self.failed_runs - failed_before,
+        )
 
     def _runnable(self, fid: str) -> bool:
         state = self.store.wait_state(fid)

@@ -30,8 +30,11 @@ class FlowHandle:
         self._event.set()
 
     def done(self) -> bool:
-        if self._event.is_set():
-            return True
+        """True once the flow is finished for good: COMPLETE, FAILED or CANCELLED in the journal.
+
+        (A run that failed while the flow will be retried, or was stopped here by an engine
+        error, is not done: :meth:`result` raises its error, the flow is still resumable.)
+        """
         return self.status() in TERMINAL
 
     def status(self) -> str:

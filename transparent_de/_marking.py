@@ -27,7 +27,9 @@ from typing import Any
 
 from ._trampoline import ND_ATTRS, ND_MODULES
 
-OPTION_KEYS = frozenset({"entries", "retries", "backoff", "max_backoff", "retry_on", "failure"})
+OPTION_KEYS = frozenset(
+    {"entries", "retries", "backoff", "max_backoff", "retry_on", "failure", "max_recovery_attempts"}
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class FlowSpec:
     max_backoff: float = 30.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     failure: str = "resumable"  # or "final": an escaped error ends the flow FAILED
+    #: Failed runs in a row after which the flow ends FAILED (None: the engine's default, 50).
+    max_recovery_attempts: int | None = None
 
 
 def is_public(name: str) -> bool:
@@ -111,8 +115,21 @@ def flow_spec(cls: type) -> FlowSpec:
     if failure not in ("resumable", "final"):
         raise TypeError(f"flow class {name}: __flow__ option failure must be 'resumable' or 'final'")
     retries = options.get("retries", 0)
-    if not isinstance(retries, int) or retries < 0:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise TypeError(f"flow class {name}: __flow__ option retries must be a whole number >= 0")
+    for key in ("backoff", "max_backoff"):
+        value = options.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise TypeError(
+                f"flow class {name}: __flow__ option {key} must be a number of seconds >= 0, not {value!r}"
+            )
+    cap = options.get("max_recovery_attempts")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise TypeError(
+            f"flow class {name}: __flow__ option max_recovery_attempts must be a whole number >= 1"
+        )
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise TypeError(f"flow class {name}: __flow__ option retry_on must be exception classes")
     return FlowSpec(
         class_name=name,
         entries=frozenset(entries),
@@ -122,6 +139,7 @@ def flow_spec(cls: type) -> FlowSpec:
         max_backoff=float(options.get("max_backoff", 30.0)),
         retry_on=tuple(retry_on),
         failure=failure,
+        max_recovery_attempts=cap,
     )
 
 

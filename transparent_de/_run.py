@@ -37,9 +37,12 @@ from ._store.base import (
     StepFailed,
     StepRow,
     Store,
+    Waiting,
 )
 from ._trampoline import current_run
 from .errors import (
+    JournalError,
+    JournalIOError,
     NonDeterminismError,
     SerializationError,
     TransparentDEError,
@@ -65,6 +68,16 @@ class Park(BaseException):
         self.wake_at = wake_at
         self.waiting_for = waiting_for
         self.after = after
+
+
+class EngineUnwind(BaseException):
+    """An engine error met inside flow code (journal I/O, a damaged or unverifiable journal,
+    non-determinism): it unwinds the flow past the flow's own ``except`` clauses, which must
+    not take it for a step's outcome, and the runner hands ``error`` to the caller."""
+
+    def __init__(self, error: TransparentDEError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class RemoteError(Exception):
@@ -111,6 +124,7 @@ class Run:
         rows: dict[int, StepRow],
         background: bool,
         woken: int = 0,
+        failures: int = 0,
     ) -> None:
         self.engine = engine
         self.store: Store = engine.store
@@ -122,6 +136,8 @@ class Run:
         self.rows = rows
         self.background = background
         self.woken = woken  # a journaled deadline the scheduler found due (see _time_left)
+        self.failures_before = failures  # failed runs in a row before this one
+        self.progressed = False  # a step completed in this run (which ends a streak of failures)
         self.counter = 0
         self.in_step = False
         self.active = True
@@ -168,7 +184,10 @@ class Run:
     def _decode(self, blob: bytes | None, step: int, kind: bytes) -> Any:
         if blob is None:
             return None
-        return self.codec.open(blob, self._ctx(step, kind), self._where(step))
+        try:
+            return self.codec.open(blob, self._ctx(step, kind), self._where(step))
+        except JournalError as exc:
+            raise EngineUnwind(exc) from None
 
     def _next(self) -> int:
         self.counter += 1
@@ -176,32 +195,62 @@ class Run:
 
     def _check(self, step: int, row: StepRow, cls_name: str, method: str, fp: str | None) -> None:
         if row.method_name != method or row.class_name != cls_name:
-            raise NonDeterminismError(
-                flow_id=self.flow_id,
-                flow_class=self.spec.class_name,
-                step=step,
-                recorded=f"{row.class_name}.{row.method_name}(...)",
-                current=f"{cls_name}.{method}(...)",
-                reason="a different call at this position",
+            raise EngineUnwind(
+                NonDeterminismError(
+                    flow_id=self.flow_id,
+                    flow_class=self.spec.class_name,
+                    step=step,
+                    recorded=f"{row.class_name}.{row.method_name}(...)",
+                    current=f"{cls_name}.{method}(...)",
+                    reason="a different call at this position",
+                )
             )
         if fp is not None and row.fingerprint is not None and row.fingerprint != fp:
-            raise NonDeterminismError(
-                flow_id=self.flow_id,
-                flow_class=self.spec.class_name,
-                step=step,
-                recorded=f"{method}(<args {row.fingerprint}>)",
-                current=f"{method}(<args {fp}>)",
-                reason="the same call with different arguments",
+            raise EngineUnwind(
+                NonDeterminismError(
+                    flow_id=self.flow_id,
+                    flow_class=self.spec.class_name,
+                    step=step,
+                    recorded=f"{method}(<args {row.fingerprint}>)",
+                    current=f"{method}(<args {fp}>)",
+                    reason="the same call with different arguments",
+                )
             )
 
     def commit(self, label: str, *ops: Op) -> None:
         """One fenced transaction of this flow (it renews the lease): the buffered captured
-        values, then ``ops``. ``label`` names the crash point before its COMMIT."""
-        if self.pending:
-            self.store.commit(self.fence, [*self.pending, *ops], label)
-            self.pending = []
-        else:
-            self.store.commit(self.fence, ops, label)
+        values, then ``ops``. ``label`` names the crash point before its COMMIT.
+
+        A journal error is an engine error, not a step's outcome: it unwinds the flow.
+        """
+        try:
+            if self.pending:
+                self.store.commit(self.fence, [*self.pending, *ops], label)
+                self.pending = []
+            else:
+                self.store.commit(self.fence, ops, label)
+        except JournalError as exc:
+            raise EngineUnwind(self._at_step(exc)) from None
+
+    def sync(self) -> None:
+        """Make this flow's commits power-loss durable (``durability="full"``)."""
+        try:
+            self.store.sync()
+        except JournalError as exc:
+            raise EngineUnwind(self._at_step(exc)) from None
+
+    def _at_step(self, exc: JournalError) -> JournalError:
+        """The error, told which flow and step it stopped (I/O errors carry them in their message)."""
+        if isinstance(exc, JournalIOError) and not exc.fields.get("flow_id"):
+            return JournalIOError(
+                path=exc.fields.get("path", ""),
+                operation=exc.fields.get("operation", ""),
+                detail=exc.fields.get("detail", ""),
+                flow_id=self.flow_id,
+                flow_class=self.spec.class_name,
+                step=self.counter,
+            )
+        return exc
 
     def foreign_thread_call(self, name: str) -> None:
         raise TransparentDEError(
@@ -290,7 +339,8 @@ class Run:
             _faults.point("step.result.before_write")
             blob = self._encode(result, step, name, "the result", b"r")
             self.commit("step.result.mid_txn", Complete(step, blob, _clock.now_ms()))
-            self.store.sync()
+            self.progressed = True
+            self.sync()
             _faults.point("step.result.after_commit")
             return result
 
@@ -302,7 +352,7 @@ class Run:
             blob = self.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"))
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.commit("step.error.mid_txn", StepFailed(step, blob, text, _clock.now_ms()))
-        self.store.sync()
+        self.sync()
         _faults.point("step.error.after_commit")
         self.failures[step] = exc
 
@@ -352,7 +402,7 @@ class Run:
             self.commit(
                 "sleep.start.mid_txn", Intent(step, ts, "time", "sleep", "sleep", None, fp, None, delay)
             )
-            self.store.sync()
+            self.sync()
             _faults.point("sleep.after_deadline_written")
             deadline = ts + delay
             self.rows[step] = StepRow(
@@ -403,13 +453,16 @@ class Run:
                 step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL"
             )
             self.commit("signal.wait.mid_txn", wait)
-            self.store.sync()
+            self.sync()
             _faults.point("signal.wait.after_write")
         length = None if timeout is None else int(timeout * 1000)
         ends = None if length is None else _clock.mono() + self._time_left(started + length, length)
+        shown_waiting = False
         while True:
             taken = self._take_signal(step, name)
             if taken is not None:
+                if shown_waiting:
+                    self.pending.append(Waiting(None, _clock.now_ms()))  # rides with the step's intent
                 args, kwargs = taken
                 return self._execute(
                     step,
@@ -433,6 +486,9 @@ class Run:
                 raise exc
             if self.background and (left is None or left * 1000 > self.engine.park_after_ms):
                 raise Park(None if length is None else started + length, name, left)
+            if not shown_waiting:  # a caller blocked here: say so in the journal (list, --status)
+                self.commit("signal.wait.mid_txn", Waiting(name, _clock.now_ms()))
+                shown_waiting = True
             self.engine._wait_for_signal_event(
                 self.engine.poll_interval if left is None else min(self.engine.poll_interval, left)
             )
@@ -444,15 +500,17 @@ class Run:
         (same bytes, new MAC) before anything is unpickled, and both rows change in the same
         commit: no crash can leave a consumed signal or a half-moved payload behind.
         """
-        found = self.store.next_signal(self.flow_id, name)
-        if found is None:
-            return None
-        seq, payload = found
-        where = self._where(step)
-        params = self.codec.reseal(
-            payload, signal_context(self.flow_id, name, seq), self._ctx(step, b"p"), where
-        )
-        args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
+        try:
+            found = self.store.next_signal(self.flow_id, name)
+            if found is None:
+                return None
+            seq, payload = found
+            where = self._where(step)
+            old = signal_context(self.flow_id, name, seq)
+            params = self.codec.reseal(payload, old, self._ctx(step, b"p"), where)
+            args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
+        except JournalError as exc:
+            raise EngineUnwind(self._at_step(exc)) from None
         # Conditional on the signal being unconsumed; only this flow's owner (fenced) consumes it.
         self.commit("signal.deliver.mid_txn", ConsumeSignal(seq, step, params, _clock.now_ms()))
         return args, kwargs

@@ -25,17 +25,22 @@ COMPLETE), a park (:class:`~._run.Park`: the flow waits, released), an escaped e
 from __future__ import annotations
 
 import contextlib
+import logging
+import reprlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
+from . import _preview as preview
 from ._entries import REBUILD, check_flow_id, entry_function, entry_owner, resolve_class, spec_of
 from ._ownership import owner_alive
-from ._run import Park, RemoteError, Run
+from ._run import EngineUnwind, Park, RemoteError, Run
 from ._serialization import EncodeError, fingerprint, flow_context, step_context
 from ._store.base import (
     TERMINAL,
+    Backoff,
     FlowComplete,
     FlowFailed,
     FlowIdentity,
@@ -63,8 +68,27 @@ from .errors import (
 if TYPE_CHECKING:
     from ._engine import Engine
 
+log = logging.getLogger("transparent_de")
+
 #: Claims retried when another claimer changed the flow between our read and our write.
 _CLAIM_ROUNDS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A flow this engine now owns: its fencing token, its journal rows, its failed runs so far."""
+
+    fence: int
+    rows: dict[int, StepRow]
+    failures: int
+
+
+class RetryLater(BaseException):
+    """A background run failed; the flow is parked until its backoff ends (not a final outcome)."""
+
+    def __init__(self, error: Exception, failures: int, cap: int, delay: float) -> None:
+        super().__init__(f"failed run {failures} of at most {cap}; next attempt in {delay:.1f} s")
+        self.error, self.failures, self.cap, self.delay = error, failures, cap, delay
 
 
 class Runner:
@@ -88,10 +112,11 @@ class Runner:
         fid: str,
         fn: Callable[..., Any],
         create_only: bool = False,
-    ) -> tuple[bool, Any] | tuple[int, dict[int, StepRow]] | None:
+    ) -> Claimed | tuple[bool, Any] | None:
         """Create the flow, or claim it for this engine. Returns a final outcome if it is finished,
-        else ``(fencing token, journal rows)``. With ``create_only`` the flow is created (or
-        found) without being claimed, and None is returned unless it is finished."""
+        else ``(fencing token, journal rows, failed runs in a row so far)``. With
+        ``create_only`` the flow is created (or found) without being claimed, and None is
+        returned unless it is finished."""
         engine = self.engine
         store, codec = engine.store, engine.codec
         spec = spec_of(obj)
@@ -143,20 +168,24 @@ class Runner:
                     engine.unreserve(fid)
                     continue
                 _faults.point("flow.start.after_commit")
-                return None if create_only else (1, {})
-            if state.status in TERMINAL:
-                return self.final_outcome(fid)
+                return None if create_only else Claimed(1, {}, 0)
             if (state.entry_class, state.entry_method) != (entry_cls, name) or (
                 state.fingerprint is not None and state.fingerprint != fp
             ):
+                finished = state.status in TERMINAL
                 raise NonDeterminismError(
                     flow_id=fid,
                     flow_class=spec.class_name,
                     step=0,
-                    recorded=f"{state.entry_class}.{state.entry_method}(<args {state.fingerprint}>)",
-                    current=f"{entry_cls}.{name}(<args {fp}>)",
-                    reason="this flow id was started with another entry or other arguments",
+                    recorded=f"{state.entry_class}.{state.entry_method}({preview.call_args(state.parameters, 80)})",
+                    current=f"{entry_cls}.{name}({_shown(args, kwargs)})",
+                    reason=(
+                        f"this flow id {'finished' if finished else 'was started'} with another entry or "
+                        "other arguments; a flow id names one call, whose result it keeps"
+                    ),
                 )
+            if state.status in TERMINAL:
+                return self.final_outcome(fid)
             if create_only:
                 return None
             engine.reserve(fid)
@@ -174,7 +203,7 @@ class Runner:
                 continue
             self._seen.pop(fid, None)
             _faults.point("flow.start.after_commit")
-            return fence, rows
+            return Claimed(fence, rows, state.failures)
         raise TransparentDEError(f"flow {fid}: could not claim it; other engines keep changing it")
 
     def owned_elsewhere(self, fid: str, owner: str | None, lease_until: int | None, fence: int) -> bool:
@@ -214,72 +243,104 @@ class Runner:
         spec = spec_of(obj)
         fid = check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
         claimed = self.claim(obj, name, tuple(args), dict(kwargs), fid, fn)
-        if claimed is not None and isinstance(claimed[0], bool):
+        if not isinstance(claimed, Claimed):
+            assert claimed is not None
             ok, value = claimed
             if ok:
                 return value
             assert isinstance(value, BaseException)
             raise value
-        assert claimed is not None
-        fence, rows = claimed
-        assert isinstance(rows, dict)
-        run = Run(engine, fid, obj, spec, int(fence), rows, background, woken)
+        run = Run(engine, fid, obj, spec, claimed.fence, claimed.rows, background, woken, claimed.failures)
         engine.scheduler.ensure_heartbeat()
-        token = current_run.set(run)
         try:
-            try:
-                result = fn(obj, *args, **kwargs)
-            finally:
-                current_run.reset(token)
-        except Park as park:
-            self._park(run, park)
-            raise
-        except LeaseLost:
-            raise LeaseLostError(flow_id=fid, flow_class=spec.class_name) from None
-        except _faults.InjectedCrash:
-            raise
-        except Exception as exc:
-            self._fail(run, exc)
-            raise
-        except BaseException:
-            # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
-            with contextlib.suppress(BaseException):
-                engine.store.commit(run.fence, [Release(_clock.now_ms())], "flow.release.mid_txn")
-            raise
+            return self._drive(run, fn, obj, args, kwargs)
         finally:
             run.active = False
             engine.unreserve(fid)
-        self._complete(run, result)
-        return result
+
+    def _drive(self, run: Run, fn: Callable[..., Any], obj: Any, args: Any, kwargs: Any) -> Any:
+        """Execute (or replay) the entry and journal how the run ended (see the module docstring)."""
+        try:
+            try:
+                token = current_run.set(run)
+                try:
+                    result = fn(obj, *args, **kwargs)
+                finally:
+                    current_run.reset(token)
+                self._complete(run, result)
+                return result
+            except Park as park:
+                self._park(run, park)
+                raise
+            except (_faults.InjectedCrash, EngineUnwind, LeaseLost):
+                raise
+            except Exception as exc:
+                self._fail(run, exc)
+                raise
+            except BaseException:
+                # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
+                self._release(run)
+                raise
+        except EngineUnwind as unwind:
+            # An engine error inside flow code (journal I/O, corruption, non-determinism): it
+            # unwound the flow past its handlers; the caller gets the error itself.
+            self._release(run)
+            raise unwind.error.with_traceback(unwind.__traceback__) from None
+        except LeaseLost:
+            raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None
+
+    def _release(self, run: Run) -> None:
+        """Give the flow up as it is (best effort: the journal may be what failed)."""
+        with contextlib.suppress(BaseException):
+            self.engine.store.commit(run.fence, [Release(_clock.now_ms())], "flow.release.mid_txn")
 
     def _complete(self, run: Run, result: Any) -> None:
         _faults.point("flow.complete.before")
         blob = run._encode(result, 0, run.spec.class_name, "the flow's result", b"r")
         run.commit("flow.complete.mid_txn", FlowComplete(blob, _clock.now_ms()))
-        self.engine.store.sync()
+        run.sync()
         _faults.point("flow.complete.after_commit")
 
     def _park(self, run: Run, park: Park) -> None:
         run.commit("flow.park.mid_txn", Parked(park.wake_at, park.waiting_for, _clock.now_ms()))
-        self.engine.store.sync()
+        run.sync()
         self.engine.scheduler.schedule(run.flow_id, park.wake_at or 0, park.waiting_for, park.after)
 
     def _fail(self, run: Run, exc: Exception) -> None:
-        """An exception escaped the flow: leave it resumable (retry the failed step) or end it FAILED."""
+        """An exception escaped the flow: record a failed run (the flow stays resumable, and
+        recovery backs off), or end the flow FAILED: under ``failure="final"``, or once it has
+        failed ``max_recovery_attempts`` runs in a row (the dead letter; ``retry`` re-arms it).
+
+        A background run that will be retried raises :class:`RetryLater` instead of ``exc``.
+        """
+        engine, spec = self.engine, run.spec
         step = _escaped_step(run, exc)
         t = _clock.now_ms()
-        if run.spec.failure == "final":
+        failures = 1 if run.progressed else run.failures_before + 1
+        cap = spec.max_recovery_attempts or engine.max_recovery_attempts
+        # The escaped step runs again on the next run (instead of replaying its failure).
+        ops: list[Op] = [Reopen(step, t)] if step is not None else []
+        if spec.failure == "final" or failures >= cap:
             ctx = step_context(run.flow_id, 0, b"e")
             try:
                 blob = run.codec.seal(exc, ctx)
             except EncodeError:
                 blob = run.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), ctx)
-            run.commit("flow.fail.mid_txn", FlowFailed(blob, t))
-        else:
-            # Escaped: the next run retries the failed step instead of replaying its failure.
-            ops: list[Op] = [Reopen(step, t)] if step is not None else []
-            run.commit("flow.fail.mid_txn", *ops, Release(t))
-        self.engine.store.sync()
+            run.commit("flow.fail.mid_txn", *ops, FlowFailed(blob, t, failures))
+            run.sync()
+            if run.background:
+                log.error(
+                    "flow %s (%s) FAILED after %d failed run(s): %s: %s",
+                    run.flow_id, spec.class_name, failures, type(exc).__name__, exc,
+                )  # fmt: skip
+            return
+        delay = min(spec.backoff * 2 ** (failures - 1), spec.max_backoff)
+        wake_at = t + int(delay * 1000)
+        run.commit("flow.fail.mid_txn", *ops, Backoff(wake_at, failures, t))
+        run.sync()
+        if run.background:
+            engine.scheduler.schedule(run.flow_id, wake_at, None, after=delay)
+            raise RetryLater(exc, failures, cap, delay)
 
     # ------------------------------------------------------------------ resuming
 
@@ -311,6 +372,7 @@ class Runner:
     def resume(self, fid: str, woken: int = 0) -> Any:
         """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
         ident = self.identity(fid)
+        log.info("resuming flow %s (%s.%s)", fid, ident.qualname, ident.method)
         where = self._where(fid)
         cls = resolve_class(ident.module, ident.qualname, required=True)
         codec = self.engine.codec
@@ -347,6 +409,14 @@ class Runner:
         if out.status == "CANCELLED":
             return False, FlowCancelledError(flow_id=fid)
         return None
+
+
+def _shown(args: tuple[Any, ...], kwargs: dict[str, Any], width: int = 80) -> str:
+    """A bounded rendering of a call's arguments, for messages."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 40
+    text = ", ".join([short.repr(a) for a in args] + [f"{k}={short.repr(v)}" for k, v in kwargs.items()])
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _escaped_step(run: Run, exc: BaseException) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
 from ._run import Park
-from ._store.base import LeaseLost
+from ._runner import RetryLater
+from ._store.base import TERMINAL, LeaseLost
 from .errors import FlowBusyError, LeaseLostError, TransparentDEError
 
 if TYPE_CHECKING:
     from ._engine import Engine
+
+log = logging.getLogger("transparent_de")
 
 
 class Scheduler:
@@ -48,6 +52,7 @@ class Scheduler:
         self._heartbeat: threading.Thread | None = None
         self._closed = False
         self._stop = threading.Event()
+        self._jobs: set[str] = set()  # flows submitted to the pool and not finished there
 
     def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -74,24 +79,60 @@ class Scheduler:
     def submit(self, fid: str, fn: Callable[[], Any]) -> None:
         """Run ``fn`` (a flow's entry or resume) on the pool; its outcome goes to the flow's handle."""
         self._ensure_threads()
-        handle = self.engine.handle(fid)
+        engine = self.engine
+        handle = engine.handle(fid)
 
         def job() -> None:
             try:
+                run_job()
+            finally:
+                self._jobs.discard(fid)
+
+        def run_job() -> None:
+            try:
                 value = fn()
-            except Park:
-                return  # parked: the scheduler resumes it
+            except Park as park:
+                what = f"signal {park.waiting_for!r}" if park.waiting_for else f"{park.after or 0:.1f} s"
+                log.info("flow %s parked (waiting for %s)", fid, what)
+                return  # the scheduler resumes it
+            except RetryLater as retry:
+                engine.failed_runs += 1
+                log.warning(
+                    "flow %s failed (run %d of at most %d): %s: %s; next attempt in %.1f s",
+                    fid, retry.failures, retry.cap, type(retry.error).__name__, retry.error, retry.delay,
+                )  # fmt: skip
+                return  # parked until its backoff ends
             except (FlowBusyError, LeaseLostError, LeaseLost):
                 return  # somebody else runs it; the handle reads the outcome from the journal
             except _faults.InjectedCrash:
                 return
             except BaseException as exc:
+                outcome = engine.runner.final_outcome(fid) if engine.store.status(fid) in TERMINAL else None
+                if outcome is not None:  # it ended FAILED (its failure policy, or the cap)
+                    engine.failed_runs += 1
+                    handle._set(*outcome)
+                    return
+                # Stopped before or outside the failure policy (an engine error): not resumed
+                # here again until retry(), so that a worker does not spin on it.
+                engine.refused[fid] = exc
+                engine.failed_runs += 1
+                log.error("flow %s stopped: %s: %s (it stays resumable)", fid, type(exc).__name__, exc)
                 handle._set(False, exc)
                 return
+            log.info("flow %s finished", fid)
             handle._set(True, value)
 
         assert self._pool is not None
+        self._jobs.add(fid)
         self._pool.submit(job)
+
+    def busy(self, fid: str) -> bool:
+        """Is the flow running here, queued to run, or due within ``park_after``?"""
+        if fid in self._jobs or self.engine.is_active(fid):
+            return True
+        with self._lock:
+            due = self._due.get(fid)
+        return due is not None and due[0] - _clock.mono() <= self.engine.park_after_ms / 1000
 
     def schedule(self, fid: str, wake_at: int, waiting_for: str | None, after: float | None = None) -> None:
         """Resume the flow at ``wake_at`` (wall ms; 0 = now), or when a signal for ``waiting_for`` arrives.

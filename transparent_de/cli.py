@@ -13,6 +13,7 @@ import fnmatch
 import importlib
 import importlib.metadata
 import json
+import logging
 import os
 import signal as signal_module
 import sqlite3
@@ -63,9 +64,13 @@ def _require_journal(path: str) -> None:
 
 
 def _parse_arg(text: str) -> Any:
+    """A command-line argument: JSON when it is JSON, else the string itself; text that starts
+    like JSON (``{``, ``[``, ``"``) but does not parse is a mistake, not a string."""
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError as exc:
+        if text.lstrip()[:1] in ("{", "[", '"'):
+            raise UsageError(f"argument {_short(text)!r} looks like JSON but does not parse: {exc}") from None
         return text
 
 
@@ -446,44 +451,89 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_recover(args: argparse.Namespace) -> int:
-    _install(_flow_packages(args.db, unfinished=True))
-    engine = Engine(args.db)
-    results: list[dict[str, Any]] = []
-    code = EXIT_OK
-    try:
-        handles = engine.recover()
-        deadline = time.monotonic() + args.wait
-        for h in handles:
-            entry: dict[str, Any] = {"flow_id": h.id}
-            try:
-                value = h.result(timeout=max(0.0, deadline - time.monotonic()))
-                entry.update(status="COMPLETE", result=_jsonable(value))
-            except TimeoutError:
-                entry.update(status=h.status, result=None)
-            except (FlowFailedError, FlowCancelledError) as exc:
-                entry.update(status=h.status, error=str(exc))
-                code = EXIT_FAILED
-            except Exception as exc:  # the flow's own exception
-                entry.update(status=h.status, error=f"{type(exc).__name__}: {exc}")
-                code = EXIT_FAILED
-            results.append(entry)
-    finally:
-        engine.close()
+def _outcome_entry(engine: Engine, fid: str) -> tuple[dict[str, Any], bool]:
+    """What became of a recovered flow, for ``recover``/``retry``: (entry, failed?)."""
+    handle = engine.handle(fid)
+    status = handle.status()
+    entry: dict[str, Any] = {"flow_id": fid, "status": status}
+    if status == "COMPLETE" or status in ("FAILED", "CANCELLED") or handle._event.is_set():
+        try:
+            entry["result"] = _jsonable(handle.result(timeout=0))
+            return entry, False
+        except TimeoutError:
+            return entry, False
+        except Exception as exc:  # the flow's error, or the engine error that stopped it
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            return entry, True
+    waiting = engine.store.wait_state(fid)
+    if waiting is not None and waiting.waiting_for:
+        entry["waiting_for"] = waiting.waiting_for
+    elif waiting is not None and waiting.wake_at:
+        entry["wake_at"] = waiting.wake_at
+    return entry, False
 
+
+def _settle(engine: Engine, fids: Sequence[str], wait: float) -> None:
+    """Wait until none of these flows is running or due soon here (or ``wait`` seconds passed)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and any(engine.scheduler.busy(f) for f in fids):
+        time.sleep(0.02)
+
+
+def _report_flows(args: argparse.Namespace, title: str, results: list[dict[str, Any]]) -> None:
     def text() -> str:
         if not results:
             return "no unfinished flows to recover"
-        lines = [f"recovered {len(results)} flow(s):"]
+        lines = [f"{title} {len(results)} flow(s):"]
         for r in results:
-            detail = r.get("error") or (
-                "" if r.get("result") is None else json.dumps(r["result"], default=repr)
-            )
-            lines.append(f"  {r['flow_id']}  {r['status']}  {detail}".rstrip())
+            if "error" in r:
+                detail = r["error"]
+            elif "result" in r:
+                detail = json.dumps(r["result"], default=repr)
+            elif "waiting_for" in r:
+                detail = f"waiting for signal {r['waiting_for']!r}"
+            elif "wake_at" in r:
+                detail = f"parked until {_when(r['wake_at'])}"
+            else:
+                detail = ""
+            lines.append(f"  {r['flow_id']}  {r['status']}  {_short(detail, 200)}".rstrip())
         return "\n".join(lines)
 
     _emit(args, results, text)
-    return code
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    _install(_flow_packages(args.db, unfinished=True))
+    engine = Engine(args.db)
+    try:
+        handles = engine.recover()
+        _settle(engine, [h.id for h in handles], args.wait)
+        done = [_outcome_entry(engine, h.id) for h in handles]
+        failed = any(f for _, f in done) or engine.failed_runs > 0
+    finally:
+        engine.close()
+    _report_flows(args, "recovered", [e for e, _ in done])
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    _require_journal(args.db)
+    _install(_flow_packages(args.db, flow_id=args.flow_id))
+    engine = Engine(args.db)
+    try:
+        try:
+            engine.retry(args.flow_id)
+        except (FlowNotFoundError, JournalError):
+            raise
+        except TransparentDEError as exc:  # not a FAILED or failing flow: bad input
+            raise UsageError(str(exc)) from None
+        _settle(engine, [args.flow_id], args.wait)
+        entry, failed = _outcome_entry(engine, args.flow_id)
+        failed = failed or engine.failed_runs > 0
+    finally:
+        engine.close()
+    _report_flows(args, "retried", [entry])
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -501,12 +551,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
             print(
                 f"worker on {args.db} ({'until idle' if args.until_idle else 'Ctrl-C to stop'})", flush=True
             )
-        finished = engine.worker(stop, until_idle=args.until_idle)
+        report = engine.worker(stop, until_idle=args.until_idle)
     finally:
         signal_module.signal(signal_module.SIGINT, previous)
         engine.close()
-    _emit(args, {"finished": finished}, lambda: f"worker stopped; {finished} flow(s) finished")
-    return EXIT_OK
+    data = {
+        "finished": report.finished,
+        "failed": report.failed,
+        "failing": report.failing,
+        "failed_runs": report.failed_runs,
+    }
+
+    def text() -> str:
+        line = f"worker stopped; {len(report.finished)} flow(s) finished"
+        if report.failed or report.failing or report.failed_runs:
+            line += (
+                f", {len(report.failed)} FAILED, {len(report.failing)} stopped by an error, "
+                f"{report.failed_runs} failed run(s)"
+            )
+        return line
+
+    _emit(args, data, text)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _version_of(dist: str) -> str | None:
@@ -701,6 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="wait at most this long (30)")
     p.set_defaults(func=cmd_recover)
 
+    p = sub.add_parser(
+        "retry", parents=[common], help="resume a FAILED flow (or a failing one, without its backoff)"
+    )
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="wait at most this long (30)")
+    p.set_defaults(func=cmd_retry)
+
     p = sub.add_parser("worker", parents=[common], help="run recovery, timers and signals until Ctrl-C")
     p.add_argument("--until-idle", action="store_true", help="stop once no flow is runnable")
     p.set_defaults(func=cmd_worker)
@@ -722,9 +795,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogLines(logging.Handler):
+    """The engine's log lines (a flow resumed, parked, finished, failed), one per line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().removeprefix("transparent_de: ")
+            print(f"transparent-de: {message}", file=sys.stderr, flush=True)
+        except Exception:  # a closed pipe must not turn into a traceback
+            self.handleError(record)
+
+
+def _log_to_stderr() -> logging.Handler:
+    logger = logging.getLogger("transparent_de")
+    handler = _LogLines(logging.INFO)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("recover", "retry", "worker", "run"):
+        _log_to_stderr()
     if not hasattr(args, "db"):
         args.db = _default_db()
     if not hasattr(args, "json"):

@@ -206,7 +206,7 @@ class SchemaTooNewError(JournalError):
 
 
 class CorruptJournalError(JournalError):
-    """A row or value in the journal is damaged; it is never taken as 'step not done'."""
+    """A page, row or value of the journal is damaged; it is never taken as 'step not done'."""
 
     def __init__(
         self, message: str = "", *, path: str = "", flow_id: str = "", step: int = -1, detail: str = ""
@@ -217,8 +217,8 @@ class CorruptJournalError(JournalError):
         where = f"flow {f['flow_id']}, step {f['step']}" if f["flow_id"] else "the journal"
         return (
             f"{where} in {f['path']} is corrupt: {f['detail']}. transparent_de stops rather than "
-            "re-running a step whose outcome it cannot read. Restore the journal from a backup, "
-            "or run `transparent-de doctor` to see which rows are affected."
+            "re-running a step whose outcome it cannot read. Restore the journal from a backup; "
+            "`transparent-de doctor` lists the damaged flows."
         )
 
 
@@ -253,16 +253,42 @@ class JournalPermissionError(JournalError):
 
 
 class JournalIOError(JournalError):
-    """SQLite reported a retryable I/O condition (locked beyond the timeout, disk full)."""
+    """The journal could not be read or written (locked beyond the timeout, disk full, I/O error).
 
-    def __init__(self, message: str = "", *, path: str = "", operation: str = "", detail: str = "") -> None:
-        super().__init__(message, path=path, operation=operation, detail=detail)
+    An engine error, never a step's outcome: a flow that meets it is stopped where it is
+    (flow code cannot catch it), released, and left resumable; nothing it committed is lost.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str = "",
+        operation: str = "",
+        detail: str = "",
+        flow_id: str = "",
+        flow_class: str = "",
+        step: int = -1,
+    ) -> None:
+        super().__init__(
+            message,
+            path=path,
+            operation=operation,
+            detail=detail,
+            flow_id=flow_id,
+            flow_class=flow_class,
+            step=step,
+        )
 
     def _build(self, **f: Any) -> str:
+        where = f"journal {f['path']}"
+        if f["flow_id"]:
+            where = f"{_flow(f['flow_class'], f['flow_id'])}, step {f['step']}: {where}"
         return (
-            f"journal {f['path']}: {f['operation']} failed: {f['detail']}. Nothing committed was "
-            "lost and the transaction was rolled back; free disk space or release the lock held by "
-            "another process, then resume the flow (run it again with its id, or recover())."
+            f"{where}: {f['operation']} failed: {f['detail']}. Nothing committed was lost and the "
+            "transaction was rolled back; the flow was stopped at this point and left resumable. Free "
+            "disk space or release the lock held by another process, then resume the flow (run it "
+            "again with its id, or recover())."
         )
 
 

@@ -84,6 +84,8 @@ class FlowState:
     entry_class: str
     entry_method: str
     fingerprint: str | None
+    failures: int  # consecutive failed runs
+    parameters: bytes | None  # step 0's arguments (to show them when a call does not match)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +292,20 @@ class FlowComplete:
 
 @dataclass(frozen=True, slots=True)
 class FlowFailed:
-    """A final failure: step 0 FAILED with the error, the flow released."""
+    """A final failure: step 0 FAILED with the error, the flow released (the dead letter)."""
 
     error: bytes
+    now: int
+    failures: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """A failed run of a resumable flow: released, and not to be resumed by recovery before
+    ``wake_at``; ``failures`` failed runs in a row so far."""
+
+    wake_at: int
+    failures: int
     now: int
 
 
@@ -301,6 +314,15 @@ class Parked:
     """The flow unwound to wait: released, with its wake-up time or awaited step."""
 
     wake_at: int | None
+    waiting_for: str | None
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The flow, still owned, blocks for a signal to ``waiting_for`` (``None``: it goes on): so
+    that ``list`` shows a foreground wait as WAITING_FOR_SIGNAL."""
+
     waiting_for: str | None
     now: int
 
@@ -322,7 +344,9 @@ Op: TypeAlias = (
     | ConsumeSignal
     | FlowComplete
     | FlowFailed
+    | Backoff
     | Parked
+    | Waiting
     | Release
 )
 
@@ -379,6 +403,11 @@ class Store(abc.ABC):
         """Extend the leases of flows this owner runs (heartbeat). Every renewal changes the
         stored lease (so that others can tell a live owner from a stopped one by watching it),
         even when ``lease_until`` is not later than what is stored."""
+
+    @abc.abstractmethod
+    def rearm(self, flow_id: str, now: int) -> str | None:
+        """Make a FAILED flow resumable again (failures cleared, token bumped); returns the
+        status it had, or None if there is no such flow. Other flows are left as they are."""
 
     @abc.abstractmethod
     def cancel(self, flow_id: str, now: int) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._serialization import is_signed
 from .base import (
+    Backoff,
     Captured,
     Complete,
     Conflict,
@@ -39,6 +40,7 @@ from .base import (
     StepRow,
     Store,
     Unfinished,
+    Waiting,
     WaitState,
 )
 from .sqlite_file import SQLiteFile, ro_uri
@@ -120,8 +122,17 @@ class SQLiteStore(Store):
         self.file.sync()
 
     def renew(self, owner: str, flow_ids: Sequence[str], lease_until: int) -> None:
-        with self.file.write() as con:
+        with self.file.write(label=None) as con:  # no crash point: the heartbeat's timing is not the flow's
             con.executemany(Q["renew"], [(lease_until, f, owner) for f in flow_ids])
+
+    def rearm(self, flow_id: str, now: int) -> str | None:
+        with self.file.write() as con:
+            row = con.execute(Q["status"], (flow_id,)).fetchone()
+            if row is None:
+                return None
+            if con.execute(Q["rearm_flow"], (now, flow_id)).rowcount == 1:
+                con.execute(Q["rearm_step"], (now, flow_id))
+        return str(row[0])
 
     def cancel(self, flow_id: str, now: int) -> str | None:
         with self.file.write() as con:
@@ -276,12 +287,20 @@ def _flow_complete(con: sqlite3.Connection, fid: str, op: FlowComplete) -> None:
 
 def _flow_failed(con: sqlite3.Connection, fid: str, op: FlowFailed) -> None:
     con.execute(Q["flow_error"], (op.error, op.now, fid))
-    con.execute(Q["flow_failed"], (op.now, fid))
+    con.execute(Q["flow_failed"], (op.failures, op.now, fid))
+
+
+def _backoff(con: sqlite3.Connection, fid: str, op: Backoff) -> None:
+    con.execute(Q["backoff"], (op.wake_at, op.failures, op.now, fid))
 
 
 def _parked(con: sqlite3.Connection, fid: str, op: Parked) -> None:
     status = "WAITING_FOR_SIGNAL" if op.waiting_for else "PENDING"
     con.execute(Q["parked"], (op.wake_at, op.waiting_for, status, op.now, fid))
+
+
+def _waiting(con: sqlite3.Connection, fid: str, op: Waiting) -> None:
+    con.execute(Q["waiting"], (op.waiting_for, op.waiting_for, op.now, fid))
 
 
 def _release(con: sqlite3.Connection, fid: str, op: Release) -> None:
@@ -298,6 +317,8 @@ _APPLY: dict[type, Callable[[sqlite3.Connection, str, Any], None]] = {
     ConsumeSignal: _consume,
     FlowComplete: _flow_complete,
     FlowFailed: _flow_failed,
+    Backoff: _backoff,
     Parked: _parked,
+    Waiting: _waiting,
     Release: _release,
 }

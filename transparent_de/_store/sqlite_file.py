@@ -7,6 +7,10 @@ overwritten. Schema history:
 
 * 1 — first version: ``execution_log`` (the seed's columns plus kind, fingerprint, error,
   error_text, site, updated), ``flows`` (lease, fencing token, wake-up, wait) and ``signals``.
+* 2 — ``flows.failures``: consecutive failed runs (recovery backs off; at the cap, FAILED).
+
+Migrations (``sqlite_migrations.sql``) run when a writer opens an older journal, in one
+transaction under ``BEGIN IMMEDIATE``, so processes opening it together migrate it once.
 
 Design points (each pinned by a test):
 
@@ -43,6 +47,7 @@ from typing import Any
 
 from .. import _clock, _faults
 from ..errors import (
+    CorruptJournalError,
     ForeignDatabaseError,
     JournalIOError,
     JournalPermissionError,
@@ -50,9 +55,22 @@ from ..errors import (
     SchemaTooNewError,
 )
 from .base import Fence, LeaseLost
-from .sqlite_sql import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, Q
+from .sqlite_sql import APPLICATION_ID, MIGRATIONS, SCHEMA, SCHEMA_VERSION, Q
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+#: SQLite result codes (primary) that mean the file is damaged, not busy or out of space.
+_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+_CORRUPT_WORDS = ("malformed", "not a database", "corrupt")
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Does this SQLite error mean a damaged file (as opposed to a lock, a full disk, I/O)?"""
+    code = getattr(exc, "sqlite_errorcode", None)  # 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in _CORRUPT_CODES
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower() for w in _CORRUPT_WORDS)
 
 
 def _debug_sql() -> bool:
@@ -88,7 +106,7 @@ class _Write:
 
     __slots__ = ("con", "fence", "journal", "label")
 
-    def __init__(self, journal: SQLiteFile, fence: Fence | None, label: str) -> None:
+    def __init__(self, journal: SQLiteFile, fence: Fence | None, label: str | None) -> None:
         self.journal, self.fence, self.label = journal, fence, label
 
     def __enter__(self) -> sqlite3.Connection:
@@ -99,7 +117,7 @@ class _Write:
             con.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             journal._write_lock.release()
-            if isinstance(exc, sqlite3.OperationalError):
+            if isinstance(exc, sqlite3.DatabaseError):
                 raise journal._io_error("BEGIN IMMEDIATE", exc) from exc
             raise
         fence = self.fence
@@ -111,7 +129,7 @@ class _Write:
                     raise LeaseLost(fence.flow_id)
             except BaseException as exc:
                 self._rollback()
-                if isinstance(exc, sqlite3.OperationalError):
+                if isinstance(exc, sqlite3.DatabaseError):
                     raise journal._io_error("write", exc) from exc
                 raise
         return con
@@ -120,15 +138,16 @@ class _Write:
         journal = self.journal
         if exc is not None:
             self._rollback()
-            if isinstance(exc, sqlite3.OperationalError):
+            if isinstance(exc, sqlite3.DatabaseError):
                 raise journal._io_error("write", exc) from exc
             return  # the exception propagates
         try:
-            _faults.point(self.label)  # a named crash point: inside the transaction, before COMMIT
+            if self.label:
+                _faults.point(self.label)  # a named crash point: inside the transaction, before COMMIT
             self.con.execute("COMMIT")
         except BaseException as failure:
             self._rollback()
-            if isinstance(failure, sqlite3.OperationalError):
+            if isinstance(failure, sqlite3.DatabaseError):
                 raise journal._io_error("write", failure) from failure
             raise
         journal._commit_gen += 1  # under the write lock: sync() reads it to know what to cover
@@ -305,13 +324,21 @@ class SQLiteFile:
         return kind
 
     def _migrate(self, con: sqlite3.Connection, version: int) -> None:
-        """Bring an older schema up to date in one transaction (no older versions exist yet)."""
-        raise SchemaTooNewError(
-            f"{self.path}: journal schema version {version} has no migration path",
-            path=self.path,
-            found=version,
-            supported=SCHEMA_VERSION,
-        )
+        """Bring an older schema up to date, in one write transaction (all steps or none)."""
+        with self.write(label="journal.migrate") as c:
+            found = int(c.execute("PRAGMA user_version").fetchone()[0])  # another process may have done it
+            for target in range(found + 1, SCHEMA_VERSION + 1):
+                script = MIGRATIONS.get(target)
+                if script is None:
+                    raise SchemaTooNewError(
+                        f"{self.path}: journal schema version {found} has no migration to {target}",
+                        path=self.path,
+                        found=found,
+                        supported=SCHEMA_VERSION,
+                    )
+                for stmt in _statements(script):
+                    c.execute(stmt)
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def conn(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
@@ -383,13 +410,17 @@ class SQLiteFile:
 
     # ------------------------------------------------------------------ transactions
 
-    def _io_error(self, operation: str, exc: BaseException) -> JournalIOError:
+    def _io_error(self, operation: str, exc: BaseException) -> JournalIOError | CorruptJournalError:
+        """The error a failed SQLite call means: damage (restore a backup) or I/O (retry later)."""
+        if is_corruption(exc):
+            return CorruptJournalError(path=self.path, detail=f"SQLite reports {exc} (while {operation})")
         return JournalIOError(path=self.path, operation=operation, detail=f"{type(exc).__name__}: {exc}")
 
-    def write(self, fence: Fence | None = None, label: str = "journal.commit") -> _Write:
+    def write(self, fence: Fence | None = None, label: str | None = "journal.commit") -> _Write:
         """A ``BEGIN IMMEDIATE`` transaction; with a ``fence`` it is fenced: it first renews the
         flow's lease, which succeeds only while owner and fencing token are still ours (see the
-        module docstring). ``label`` is the crash point just before its COMMIT.
+        module docstring). ``label`` is the crash point just before its COMMIT (None: none, for
+        the heartbeat, whose timing would make crash sweeps non-deterministic).
 
         Used as ``with journal.write(...) as con:``; commits on success, rolls back on any
         exception (an ``OperationalError`` becomes :class:`JournalIOError`).
@@ -403,7 +434,7 @@ class SQLiteFile:
             return []  # an empty file opened read-only: a journal with nothing in it yet
         try:
             return self.conn().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             raise self._io_error("read", exc) from exc
 
     # ------------------------------------------------------------------ durability
@@ -423,9 +454,12 @@ class SQLiteFile:
             if self._synced_gen >= mine:
                 return
             target = self._commit_gen  # every commit counted so far is in the WAL file
-            fd = self._wal()
-            if fd is not None:
-                os.fsync(fd)
+            try:
+                fd = self._wal()
+                if fd is not None:
+                    os.fsync(fd)
+            except OSError as exc:
+                raise self._io_error("fsync", exc) from exc
             self._synced_gen = target
 
     def _wal(self) -> int | None:

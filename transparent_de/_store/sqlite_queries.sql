@@ -11,7 +11,8 @@ UPDATE flows SET lease_until = max(coalesce(lease_until, 0) + 1, ?), updated = ?
 WHERE flow_id = ? AND owner = ? AND fence = ?
 
 -- name: flow_state
-SELECT f.status, f.owner, f.lease_until, f.fence, e.class_name, e.method_name, e.fingerprint
+SELECT f.status, f.owner, f.lease_until, f.fence, e.class_name, e.method_name, e.fingerprint, f.failures,
+       e.parameters
 FROM flows f JOIN execution_log e ON e.flow_id = f.flow_id AND e.step = 0
 WHERE f.flow_id = ?
 
@@ -91,10 +92,30 @@ WHERE flow_id = ?
 UPDATE execution_log SET status = 'FAILED', error = ?, updated = ? WHERE flow_id = ? AND step = 0
 
 -- name: flow_failed
-UPDATE flows SET status = 'FAILED', owner = NULL, updated = ? WHERE flow_id = ?
+UPDATE flows SET status = 'FAILED', owner = NULL, wake_at = NULL, waiting_for = NULL, failures = ?, updated = ?
+WHERE flow_id = ?
+
+-- name: backoff
+-- A failed run: the flow stays resumable, but recovery waits until wake_at.
+UPDATE flows SET owner = NULL, wake_at = ?, waiting_for = NULL, status = 'PENDING', failures = ?, updated = ?
+WHERE flow_id = ?
+
+-- name: rearm_flow
+-- `retry`: a FAILED flow becomes resumable again, its failure count cleared.
+UPDATE flows SET status = 'PENDING', owner = NULL, wake_at = NULL, waiting_for = NULL, failures = 0,
+                 fence = fence + 1, updated = ?
+WHERE flow_id = ? AND status = 'FAILED'
+
+-- name: rearm_step
+UPDATE execution_log SET status = 'PENDING', updated = ? WHERE flow_id = ? AND step = 0
 
 -- name: parked
 UPDATE flows SET owner = NULL, wake_at = ?, waiting_for = ?, status = ?, updated = ? WHERE flow_id = ?
+
+-- name: waiting
+UPDATE flows SET status = CASE WHEN ? IS NULL THEN 'PENDING' ELSE 'WAITING_FOR_SIGNAL' END, waiting_for = ?,
+                 updated = ?
+WHERE flow_id = ?
 
 -- name: release
 UPDATE flows SET owner = NULL, updated = ? WHERE flow_id = ?

@@ -1,4 +1,4 @@
--- The transparent_de SQLite journal, schema version 1 (PRAGMA user_version; PRAGMA
+-- The transparent_de SQLite journal, schema version 2 (PRAGMA user_version; PRAGMA
 -- application_id = 0x54444531, "TDE1"). Every column is documented in docs/journal.md.
 -- Readable by any SQLite tool; written only by transparent_de.
 -- One row per step invocation, as in the seed (Persistasaurus). Step 0 is the flow itself.
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS flows (
     fence       INTEGER NOT NULL DEFAULT 0,  -- fencing token, bumped at every claim; every write checks it
     wake_at     INTEGER,            -- ms; a parked flow is due at this time (durable sleep)
     waiting_for TEXT,               -- step name a parked flow waits a signal for
+    failures    INTEGER NOT NULL DEFAULT 0,  -- consecutive failed runs (recovery backs off; at the cap: FAILED)
     created     INTEGER NOT NULL,   -- ms
     updated     INTEGER NOT NULL    -- ms
 ) WITHOUT ROWID;

@@ -10,7 +10,7 @@ import importlib.resources
 import re
 
 APPLICATION_ID = 0x54444531  # "TDE1"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _text(name: str) -> str:
@@ -28,6 +28,18 @@ def load_queries(text: str) -> dict[str, str]:
 
 
 SCHEMA = _text("sqlite_schema.sql")
+
+
+def load_migrations(text: str) -> dict[int, str]:
+    """``-- migrate: N`` blocks -> {N: script that brings version N-1 to N}."""
+    out: dict[int, str] = {}
+    for block in re.split(r"^-- migrate: ", text, flags=re.M)[1:]:
+        version, _, body = block.partition("\n")
+        out[int(version)] = body
+    return out
+
+
+MIGRATIONS = load_migrations(_text("sqlite_migrations.sql"))
 
 #: Every statement the SQLite store runs, by name. (The fuzz suite plants its engine bugs by
 #: replacing entries here in forked children; nothing in the package can.)
