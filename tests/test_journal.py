@@ -316,3 +316,33 @@ def test_database_strings_are_parsed_never_taken_for_odd_file_names(tmp_path: Pa
         with pytest.raises(ValueError, match=match):
             _ = Engine(bad).store
     assert sorted(os.listdir(tmp_path)) == ["via-url.db"]  # no folder named 'postgresql:'
+
+
+def test_a_version_1_journal_is_migrated_in_place_and_its_flows_resume(tmp_path: Path, flow_module) -> None:
+    m = flow_module(SOURCE)
+    db = tmp_path / "v1.db"
+    eng = Engine(db, durability="process", hmac_key=None)
+    m.FAIL.add("two")
+    with pytest.raises(RuntimeError):
+        eng.run(m.J().run, 1, flow_id="old")
+    eng.close()
+    con = sqlite3.connect(db)  # what a version-1 journal is: no flows.failures
+    con.execute("ALTER TABLE flows DROP COLUMN failures")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    m.FAIL.clear()
+    m.EFFECTS.clear()
+    eng = Engine(db, durability="process", hmac_key=None)
+    try:
+        assert eng.run(m.J().run, 1, flow_id="old") == [4, ""]
+        assert m.EFFECTS == ["two"]  # step one's result survived the migration
+    finally:
+        eng.close()
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert con.execute("SELECT failures FROM flows WHERE flow_id='old'").fetchone() == (0,)
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        con.close()
