@@ -7,6 +7,7 @@ to check it after the last child is gone.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import dataclasses
@@ -25,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import transparent_de
-from transparent_de import _faults
+from transparent_de import _faults, _guard
 
 FLOW_ID = "fuzz-flow"
 _pkg_counter = itertools.count()
@@ -104,7 +105,9 @@ class Oracle:
 def oracle(source: str, workdir: str) -> Oracle:
     """The same class executed as plain Python (no hook), re-run after an escaped exception."""
     effects = os.path.join(workdir, "oracle-effects")
-    ns: dict[str, Any] = {"__name__": "fuzz_oracle"}
+    # Plain Python: no hook, and not the guard that refuses unrewritten flow classes either.
+    plain = dict(vars(builtins), __build_class__=_guard._build_class)
+    ns: dict[str, Any] = {"__name__": "fuzz_oracle", "__builtins__": plain}
     exec(compile(source, "<fuzz-oracle>", "exec"), ns)
     ns["EFFECTS"] = effects
     signals: collections.deque[Any] = collections.deque()

@@ -14,7 +14,7 @@ resumes, replaying completed steps from the journal instead of running them agai
 
 from __future__ import annotations
 
-from . import errors
+from . import _guard, errors
 from ._api import (
     cancel,
     configure,
@@ -43,6 +43,9 @@ from .errors import (
 )
 
 __version__ = "0.1.0.dev0"
+
+# Flow classes defined from now on that no hook rewrites refuse to run (see _guard).
+_guard.enable()
 
 __all__ = [
     "Engine",

@@ -30,9 +30,11 @@ from collections.abc import Iterable, Sequence
 from types import CodeType, ModuleType
 from typing import Any
 
+from . import _guard
 from . import _versions as V
 from ._marking import FlowSpec, flow_spec, scan_source
 from ._trampoline import RUNTIME, current_run
+from .errors import TransparentDEError
 
 #: Bump whenever the rewriter's output changes: it is part of the cache file name.
 REWRITER_FORMAT = 1
@@ -93,7 +95,8 @@ class FlowLoader(importlib.machinery.SourceFileLoader):
 
     def exec_module(self, module: ModuleType) -> None:
         module.__dict__[V.RUNTIME_NAME] = RUNTIME
-        super().exec_module(module)
+        with _guard.loading(module.__dict__):
+            super().exec_module(module)
         finalize_module(module, self.rewritten)
 
 
@@ -284,6 +287,20 @@ def finalize_class(
                 if new is not fn.__code__:
                     fn.__code__ = new
                     fn.__globals__.setdefault(V.RUNTIME_NAME, RUNTIME)
+    unjournaled = sorted(
+        n
+        for n, v in vars(cls).items()
+        if not n.startswith("_")
+        and (
+            inspect.iscoroutinefunction(v) or inspect.isasyncgenfunction(v) or inspect.isgeneratorfunction(v)
+        )
+    )
+    if unjournaled:
+        warnings.warn(
+            f"flow {spec.class_name}: {', '.join(unjournaled)} are async or generator methods; this version "
+            "does not journal them (entries among them refuse to run, steps among them run plainly).",
+            stacklevel=2,
+        )
     for name in spec.entries:
         _wrap_entry(cls, name)
     type.__setattr__(cls, "__tde_spec__", spec)
@@ -300,8 +317,13 @@ def _wrap_entry(cls: type, name: str) -> None:
     current = inspect.getattr_static(cls, name)
     original = getattr(current, "__tde_entry__", current)
     if not inspect.isfunction(original):
-        return  # async/other entries run plainly for now (journaling of async flows is a later stage)
-    if inspect.iscoroutinefunction(original) or inspect.isgeneratorfunction(original):
+        return  # a property, classmethod ... named as an entry: not a flow entry, left alone
+    if (
+        inspect.iscoroutinefunction(original)
+        or inspect.isgeneratorfunction(original)
+        or (inspect.isasyncgenfunction(original))
+    ):
+        type.__setattr__(cls, name, _unsupported_entry(cls, name, original))
         return
 
     @functools.wraps(original)
@@ -321,6 +343,23 @@ def _wrap_entry(cls: type, name: str) -> None:
     entry.__tde_entry__ = original  # type: ignore[attr-defined]
     entry.__tde_name__ = name  # type: ignore[attr-defined]
     type.__setattr__(cls, name, entry)
+
+
+def _unsupported_entry(cls: type, name: str, original: Any) -> Any:
+    """An ``async def`` or generator entry: refused when called (it would not be durable)."""
+    kind = "an async def" if inspect.iscoroutinefunction(original) else "a generator"
+    message = (
+        f"flow {cls.__module__}.{cls.__qualname__}: entry {name}() is {kind} method, and this version "
+        "journals plain (def) entries only: calling it would run it without a journal. Make it a plain "
+        "def, or call it outside __flow__ entries."
+    )
+
+    @functools.wraps(original)
+    def refused(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise TransparentDEError(message)
+
+    refused.__tde_entry__ = original  # type: ignore[attr-defined]
+    return refused
 
 
 def rewrite_class(cls: type) -> type:
@@ -370,6 +409,14 @@ def install(*packages: str, cache: bool | None = None) -> InstallHandle:
         cache = os.environ.get("TRANSPARENT_DE_CACHE", "1") != "0"
     finder = FlowFinder(packages, cache=cache)
     sys.meta_path.insert(0, finder)
+    for p in packages:
+        top = p.split(".")[0]
+        if top != "__main__" and top not in sys.modules and importlib.util.find_spec(top) is None:
+            warnings.warn(
+                f"transparent_de.install({p!r}): no package {top!r} is importable from sys.path, so "
+                "nothing will be rewritten for it. Check the name and sys.path.",
+                stacklevel=2,
+            )
     stale = sorted(n for n in list(sys.modules) if finder.wanted(n))
     fixed = []
     for name in stale:
@@ -453,7 +500,8 @@ def run_main(target: str, argv: Sequence[str]) -> None:
     sys.argv = [path, *argv]
     builtins.__build_class__ = build_class  # type: ignore[assignment]
     try:
-        exec(code, main.__dict__)
+        with _guard.loading(main.__dict__):
+            exec(code, main.__dict__)
     finally:
         builtins.__build_class__ = original_build_class
         sys.argv = saved_argv

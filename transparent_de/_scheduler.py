@@ -128,10 +128,10 @@ class Scheduler:
 
     def busy(self, fid: str) -> bool:
         """Is the flow running here, queued to run, or due within ``park_after``?"""
-        if fid in self._jobs or self.engine.is_active(fid):
-            return True
-        with self._lock:
+        with self._lock:  # one look at both: a flow moves from _due to _jobs under this lock
             due = self._due.get(fid)
+            if fid in self._jobs or self.engine.is_active(fid):
+                return True
         return due is not None and due[0] - _clock.mono() <= self.engine.park_after_ms / 1000
 
     def schedule(self, fid: str, wake_at: int, waiting_for: str | None, after: float | None = None) -> None:
@@ -174,6 +174,7 @@ class Scheduler:
             known = self._due.get(fid)
             if known is not None and known[0] == when:
                 del self._due[fid]
+                self._jobs.add(fid)  # busy() from now on: it is about to be submitted
                 due.append((fid, known[1]))
         return due
 
@@ -193,9 +194,12 @@ class Scheduler:
                 ready = engine.store.signalled(waiting)
                 with self._lock:
                     self._waiting.difference_update(ready)
+                    self._jobs.update(ready)
                 due += [(fid, 0) for fid in ready]
             for fid, deadline in due:
-                if not engine.is_active(fid):
+                if engine.is_active(fid):
+                    self._jobs.discard(fid)
+                else:
                     try:
                         self.submit(fid, functools.partial(engine.runner.resume, fid, deadline))
                     except TransparentDEError:

@@ -81,6 +81,14 @@ class FlowNotRewrittenError(TransparentDEError):
         super().__init__(message, flow_class=flow_class, module=module)
 
     def _build(self, **f: Any) -> str:
+        if f["module"] == "__main__":
+            return (
+                f"flow class {f['flow_class']} is defined in the script being run (__main__), which no "
+                "import hook sees: its steps would not be journaled. Run the script with "
+                "`transparent-de run script.py` (it rewrites the script's flow classes), or move the "
+                "class into a module of a package and call transparent_de.install('thatpackage') "
+                "before importing it. (install('__main__') cannot work: the script is already running.)"
+            )
         return (
             f"flow class {f['flow_class']} (module {f['module']}) is marked with __flow__ but its "
             "code was not rewritten, so its steps would not be journaled. Likely causes: the module "

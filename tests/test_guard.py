@@ -1,0 +1,166 @@
+"""Nothing silently non-durable: flow classes no hook rewrote refuse to run, with the remedy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import transparent_de
+from transparent_de.errors import FlowNotRewrittenError
+
+FLOWS = """
+EFFECTS = []
+
+
+class Order:
+    __flow__ = "run"
+
+    def run(self, x):
+        return self.charge(x)
+
+    def charge(self, x):
+        EFFECTS.append(x)
+        return x * 2
+
+
+class Special(Order):
+    pass
+"""
+
+
+def _package(tmp_path: Path, name: str) -> Path:
+    root = tmp_path / "src"
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / "flows.py").write_text(textwrap.dedent(FLOWS))
+    return root
+
+
+def _python(code: str, root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "PYTHONPATH": str(root), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_forgotten_install_refuses_before_any_step(tmp_path):
+    root = _package(tmp_path, "noinstall")
+    p = _python(
+        """
+        import transparent_de
+        from noinstall.flows import Order, Special, EFFECTS
+        for cls in (Order, Special):
+            try:
+                cls().run(1)
+            except transparent_de.FlowNotRewrittenError as exc:
+                print("refused:", exc.flow_class, "install('noinstall')" in str(exc))
+        print("effects", EFFECTS)
+        """,
+        root,
+        TRANSPARENT_DE_DB=str(tmp_path / "j.db"),
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:3] == [
+        "refused: noinstall.flows.Order True",
+        "refused: noinstall.flows.Order True",  # the inherited entry is the base's guard
+        "effects []",
+    ]
+    assert not (tmp_path / "j.db").exists()  # nothing ran, nothing was created
+
+
+def test_install_after_import_replaces_the_guards(tmp_path):
+    root = _package(tmp_path, "lateinstall")
+    p = _python(
+        """
+        import warnings
+        import transparent_de
+        from lateinstall.flows import Order
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            transparent_de.install("lateinstall")
+        print(any("imported before the hook" in str(x.message) for x in w))
+        print(Order().run(2))
+        """,
+        root,
+        TRANSPARENT_DE_DB=str(tmp_path / "j.db"),
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "4"]
+
+
+def test_a_flow_class_in_the_running_script_says_what_works(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import transparent_de
+            transparent_de.install("__main__")
+
+            class Hello:
+                __flow__ = "run"
+                def run(self):
+                    return self.greet()
+                def greet(self):
+                    return "hi"
+
+            try:
+                Hello().run()
+            except transparent_de.FlowNotRewrittenError as exc:
+                print(exc)
+            """
+        )
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "transparent-de run script.py" in p.stdout and "install('__main__') cannot work" in p.stdout
+    ok = subprocess.run(
+        [sys.executable, "-m", "transparent_de", "run", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0 and ok.stdout == "", (ok.stdout, ok.stderr)  # rewritten: it ran, no refusal
+
+
+def test_install_of_a_package_that_does_not_exist_warns():
+    with pytest.warns(UserWarning, match="no package 'no_such_package_tde' is importable"):
+        handle = transparent_de.install("no_such_package_tde.flows")
+    handle.uninstall()
+
+
+def test_the_guard_never_breaks_other_classes():
+    class Plain:
+        def run(self):
+            return 1
+
+    class Falsy:
+        __flow__ = False
+
+        def run(self):
+            return 2
+
+    class Weird:
+        __flow__ = {"no such option": 1}  # a bad marker: reported when finalized, not here
+
+        def run(self):
+            return 3
+
+    assert (Plain().run(), Falsy().run(), Weird().run()) == (1, 2, 3)
+    with pytest.raises(FlowNotRewrittenError):
+
+        class Unrewritten:
+            __flow__ = True
+
+            def go(self):
+                return 4
+
+        Unrewritten().go()
