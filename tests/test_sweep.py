@@ -85,3 +85,61 @@ def test_cli_fuzz_runs_the_sweep_on_a_users_flow(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "15 passed, 0 failed"
     assert "divergences 0" in out.stdout
+
+
+SIGNALLED = """
+import transparent_de
+
+class Signup:
+    __flow__ = "run"
+
+    def run(self, email):
+        self.send(email)
+        token = transparent_de.wait_for(self.confirm)
+        return self.activate(email, token)
+
+    def send(self, email):
+        return email
+
+    def confirm(self, token):
+        return token
+
+    def activate(self, email, token):
+        return f"{email}:{token}"
+"""
+
+
+def test_a_flow_waiting_for_a_signal_is_swept_with_the_signals_it_is_sent(flow_module, tmp_path):
+    m = flow_module(SIGNALLED)
+    report = assert_recovers(m.Signup().run, "a@b", signals=[("confirm", "tok")], workdir=str(tmp_path))
+    assert report.crash_points >= 10 and "signal.deliver.mid_txn" in report.labels
+
+
+def test_a_flow_that_cannot_run_fails_the_sweep(tmp_path):
+    import types
+
+    mod = types.ModuleType("tde_unrewritten")
+    exec(
+        "class Plain:\n    __flow__ = 'run'\n    def run(self):\n        return self.step()\n"
+        "    def step(self):\n        return 1\n",
+        mod.__dict__,
+    )
+    report = crash_sweep(mod.Plain().run, workdir=str(tmp_path))
+    assert report.crash_points == 0 and report.failures
+    assert "FlowNotRewrittenError" in report.failures[0]
+    with pytest.raises(AssertionError, match="cannot run"):
+        assert_recovers(mod.Plain().run, workdir=str(tmp_path / "again"))
+
+
+def test_the_testing_tools_do_not_need_pytest(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"  # as if pytest were not installed
+        "import transparent_de.testing, transparent_de.cli\n"
+        "from transparent_de.testing import assert_recovers, crash_sweep\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,58 +1,25 @@
-"""Testing your own flows: a pytest plugin and helpers.
+"""Testing your own flows: crash every engine crash point and check recovery.
 
-Registered as a pytest plugin (entry point ``pytest11``), it gives:
-
-* the fixture ``tde_engine``: the default engine on a temporary journal, closed afterwards;
-* flow classes defined *in test modules* rewritten at collection time, without taking the
-  module away from pytest's assertion rewriting (both rewrites compose).
+:func:`assert_recovers` (and :func:`crash_sweep`, which reports instead of raising) run a
+flow, then crash it at each engine crash point in turn, recover it, and compare with the
+uncrashed run. ``transparent-de fuzz MODULE:Class.method`` does the same from the command
+line. Nothing here needs pytest; the pytest plugin (fixture ``tde_engine``, flow classes in
+test modules rewritten at collection) is :mod:`transparent_de._pytest_plugin`, registered
+with pytest when the package is installed. See docs/testing.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
-from collections.abc import Callable, Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from . import _api
-from ._engine import Engine
-from ._hook import finalize_module
-from ._trampoline import RUNTIME
-from ._versions import RUNTIME_NAME
-
-
-@pytest.fixture
-def tde_engine(tmp_path: Path) -> Iterator[Engine]:
-    """The default engine on a fresh journal in ``tmp_path`` (durability 'process': fast)."""
-    eng = _api.configure(database=tmp_path / "journal.db", durability="process", poll_interval=0.02)
-    try:
-        yield eng
-    finally:
-        eng.close()
-        _api._default = None
-
-
-def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
-    """Rewrite flow classes defined in collected test modules (their loader is pytest's)."""
-    seen: set[int] = set()
-    for item in items:
-        mod = getattr(item, "module", None)
-        if mod is None or id(mod) in seen:
-            continue
-        seen.add(id(mod))
-        if any(
-            inspect.isclass(v) and getattr(v, "__flow__", None) and v.__module__ == mod.__name__
-            for v in vars(mod).values()
-        ):
-            mod.__dict__.setdefault(RUNTIME_NAME, RUNTIME)
-            finalize_module(mod)
-
+from .errors import TransparentDEError
 
 # --------------------------------------------------------------------------- crash sweep
 
@@ -113,6 +80,7 @@ def crash_sweep(
     workdir: str | None = None,
     max_points: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    signals: Sequence[tuple[Any, ...]] = (),
     **kwargs: Any,
 ) -> SweepReport:
     """Crash a flow at every engine crash point, one at a time, recover it, and compare.
@@ -124,32 +92,66 @@ def crash_sweep(
     type and message), the flow COMPLETE or FAILED, ``PRAGMA integrity_check`` ok, and no step
     executed twice unless the crash fell inside it (``attempts`` in the journal).
 
-    Your steps' side effects really happen (in the children): point them at test doubles.
-    """
-    import tempfile
+    ``signals``: what a flow that calls ``wait_for`` is sent, as ``(step, *args)`` tuples,
+    e.g. ``[("confirm", "token")]``; they are stored before the flow starts (a signal sent
+    early is kept), so every wait finds its signal. A sweep whose reference run cannot run the
+    flow at all (an engine error such as ``FlowNotRewrittenError``), or that reaches no crash
+    point, is a failure, not an empty success.
 
+    Your steps' side effects really happen (in the children): point them at test doubles.
+    Cost: about two runs of the flow per crash point (in forked children), plus two.
+    """
     from . import _faults
     from ._engine import Engine
+    from ._entries import bound_entry
 
     work = workdir or tempfile.mkdtemp(prefix="tde-sweep-")
     report = SweepReport()
 
     def run_on(db: str, plan: _faults.FaultPlan | None) -> Any:
-        _faults.install(plan)
         _faults.capture_override = deterministic_capture
-        engine = Engine(db, durability="process", poll_interval=0.01)
+        engine = Engine(db, durability="process", poll_interval=0.01, hmac_key=None)
         try:
+            if signals and engine.store.status("sweep") is None:  # setup, outside the crash points
+                obj, name, fn = bound_entry(entry)
+                engine.runner.claim(obj, name, args, kwargs, "sweep", fn, create_only=True)
+                for step, *signal_args in signals:
+                    engine.signal("sweep", step, *signal_args)
+            _faults.install(plan)
             return (
                 engine.run(entry, *args, flow_id="sweep", **kwargs),
                 (plan.hits if plan else 0),
                 (dict(plan.labels) if plan else {}),
             )
         finally:
+            _faults.install(None)
             engine.close()
+
+    try:
+        _sweep(run_on, work, report, max_points, progress)
+    finally:
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _sweep(
+    run_on: Callable[..., Any],
+    work: str,
+    report: SweepReport,
+    max_points: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    from . import _faults
 
     status, sent = _in_child(lambda: run_on(os.path.join(work, "reference.db"), _faults.FaultPlan()))
     if sent is None or sent[0] != "ok":
         reference: tuple[str, Any] = _outcome(sent) if sent else ("died", status)
+        if sent is not None and isinstance(sent[1], TransparentDEError):
+            report.failures.append(
+                f"the flow cannot run: {type(sent[1]).__name__}: {sent[1]} (nothing was swept)"
+            )
+            return
         # A flow that raises: still sweep it; count points with a separate counting child.
         status, counted = _in_child(lambda: _count(run_on, os.path.join(work, "reference2.db")))
         points, labels = counted[1] if counted and counted[0] == "ok" else (0, {})
@@ -157,6 +159,9 @@ def crash_sweep(
         value, points, labels = sent[1]
         reference = ("ok", value)
     report.labels = labels
+    if points == 0:
+        report.failures.append("no crash point was reached: the flow never wrote its journal")
+        return
     total = points if max_points is None else min(points, max_points)
     report.crash_points = total
     for k in range(1, total + 1):
@@ -174,7 +179,6 @@ def crash_sweep(
             report.failures += [f"crash point {k}: {f}" for f in failures]
         if progress is not None:
             progress(k, total)
-    return report
 
 
 def _check_journal(db: str, completed: bool) -> list[str]:
@@ -195,7 +199,8 @@ def _check_journal(db: str, completed: bool) -> list[str]:
         failures.append(f"flow row is {row0.status if row0 else None!r}")
     elif completed and row0.status != "COMPLETE":
         failures.append(f"flow left {row0.status} after recovery")
-    steps = [r for r in rows if r.step > 0 and r.kind in ("step", "signal")]
+    # (A signalled step's attempts also count each time its wait was entered: not a re-run.)
+    steps = [r for r in rows if r.step > 0 and r.kind == "step"]
     reruns = sum(r.attempts - 1 for r in steps)
     if reruns > 1:
         failures.append(
