@@ -260,7 +260,7 @@ class Engine:
         """Start (or resume) a flow in the background; long sleeps and waits park it."""
         obj, name, fn = bound_entry(entry)
         spec_of(obj)
-        fid = check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
+        fid = check_flow_id(flow_id) if flow_id is not None else self.runner.fresh_id(obj, name)
         # Create the rows now, so the flow exists (and can be signalled) when start() returns.
         state = self.runner.claim(obj, name, args, kwargs, fid, fn, create_only=True)
         handle = self.handle(fid)

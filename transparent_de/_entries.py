@@ -9,11 +9,13 @@ flow starts, and the identity back into the exact function when it resumes.
 from __future__ import annotations
 
 import importlib
+import inspect
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from ._marking import FlowSpec
-from .errors import FlowNotRewrittenError, TransparentDEError
+from .errors import FlowArgumentsError, FlowNotRewrittenError, TransparentDEError
 
 #: What ``flows.instance`` holds for a flow object that could not be pickled: ``recover()``
 #: then calls the class without arguments. A value, not NULL, so that it can be signed.
@@ -23,13 +25,32 @@ FLOW_ID_MAX = 255
 
 
 def check_flow_id(flow_id: Any) -> str:
+    """A flow id is printable text of at most 255 characters (it is shown in messages, logs and
+    terminals, and it is part of every signed value's identity)."""
+    shown = _shown_id(flow_id)
     if not isinstance(flow_id, str) or not 0 < len(flow_id) <= FLOW_ID_MAX:
+        raise ValueError(f"flow_id must be a non-empty str of at most {FLOW_ID_MAX} characters, not {shown}")
+    try:
+        flow_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"flow_id {shown} is not valid text (a lone surrogate)") from None
+    bad = next((c for c in flow_id if unicodedata.category(c) in _UNPRINTABLE), None)
+    if bad is not None:
         raise ValueError(
-            f"flow_id must be a non-empty str of at most {FLOW_ID_MAX} characters, not {flow_id!r}"
+            f"flow_id {shown} contains the control or separator character U+{ord(bad):04X}; use printable text"
         )
-    if any(ord(c) < 32 for c in flow_id):
-        raise ValueError(f"flow_id {flow_id!r} contains control characters")
     return flow_id
+
+
+#: Unicode categories refused in flow ids: controls (C0, DEL, C1), format characters, line
+#: and paragraph separators, surrogates, unassigned code points.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
+
+
+def _shown_id(value: Any) -> str:
+    """A bounded, escaped rendering of a (possibly bad) flow id for an error message."""
+    text = repr(value) if not isinstance(value, str) else ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def spec_of(obj: Any) -> FlowSpec:
@@ -105,3 +126,64 @@ def resolve_class(module: str, qualname: str, required: bool) -> Any:
                 "covers it."
             ) from exc
         return None
+
+
+class _Binder:
+    """The canonical form of a call of one function, for fingerprints: the arguments as bound to
+    its parameters, defaults applied, so that ``step(x)``, ``step(x=x)`` and ``step(x, y=1)``
+    (``y=1`` the default) are the same call. The common case (positional arguments filling the
+    positional parameters exactly) is already canonical and costs a length check."""
+
+    __slots__ = ("n_positional", "signature", "simple")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self.signature = None
+            self.simple, self.n_positional = False, -1
+            return
+        params = list(self.signature.parameters.values())
+        kinds = {p.kind for p in params}
+        self.simple = kinds <= {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+        self.n_positional = len(params)
+
+    def canonical(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        if not kwargs and self.simple and len(args) + 1 == self.n_positional:
+            return args, kwargs
+        if self.signature is None:
+            return args, kwargs
+        try:
+            bound = self.signature.bind(obj, *args, **kwargs)
+        except TypeError:
+            return args, kwargs  # the call itself will raise the TypeError, as plain Python does
+        bound.apply_defaults()
+        return bound.args[1:], bound.kwargs
+
+
+_binders: dict[Any, _Binder] = {}
+
+
+def canonical_call(fn: Any, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """``(args, kwargs)`` of ``fn(obj, *args, **kwargs)`` as bound to ``fn``'s signature."""
+    binder = _binders.get(fn)
+    if binder is None:
+        raw = getattr(fn, "__tde_entry__", fn)
+        binder = _binders[fn] = _Binder(raw) if callable(raw) else _Binder(lambda *a, **k: None)
+    return binder.canonical(obj, args, kwargs)
+
+
+def bind_entry(
+    obj: Any, fn: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Refuse, before anything is written, an entry call whose arguments do not fit (plain
+    Python would raise the same ``TypeError``, but only once the flow is in the journal)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(obj, *args, **kwargs)
+    except TypeError as exc:
+        cls = type(obj)
+        raise FlowArgumentsError(flow_class=qualified(cls), method=name, detail=str(exc)) from None

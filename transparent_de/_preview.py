@@ -429,6 +429,16 @@ def plain_value(blob: bytes | None) -> tuple[bool, Any]:
     return (False, None) if v is _NOT_PLAIN else (True, v)
 
 
+def live_call_args(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 80) -> str:
+    """A bounded rendering of a live call's arguments (the code's own values), for messages."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 40
+    text = ", ".join([short.repr(a) for a in args] + [f"{k}={short.repr(v)}" for k, v in kwargs.items()])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def call_args(blob: bytes | None, limit: int = 200) -> str:
     """``(args, kwargs)`` blobs rendered as a call's argument list: ``1, 'a', k=2``."""
     if blob is None:

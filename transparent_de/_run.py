@@ -24,6 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
+from . import _preview as preview
+from ._entries import canonical_call
 from ._marking import FlowSpec
 from ._serialization import EncodeError, fingerprint, signal_context, step_context
 from ._store.base import (
@@ -193,7 +195,18 @@ class Run:
         self.counter += 1
         return self.counter
 
-    def _check(self, step: int, row: StepRow, cls_name: str, method: str, fp: str | None) -> None:
+    def _check(
+        self,
+        step: int,
+        row: StepRow,
+        cls_name: str,
+        method: str,
+        fp: str | None,
+        call: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    ) -> None:
+        """The determinism check: the journal's class, method and argument fingerprint at this
+        position must be the call's. ``call`` (the arguments as called) lets a journal written
+        before fingerprints were taken of bound arguments still match, and shows them."""
         if row.method_name != method or row.class_name != cls_name:
             raise EngineUnwind(
                 NonDeterminismError(
@@ -206,13 +219,19 @@ class Run:
                 )
             )
         if fp is not None and row.fingerprint is not None and row.fingerprint != fp:
+            if call is not None and row.fingerprint == fingerprint(call):
+                return
+            recorded = (
+                preview.call_args(row.parameters, 80) if row.parameters else f"<args {row.fingerprint}>"
+            )
+            current = preview.live_call_args(*call) if call is not None else f"<args {fp}>"
             raise EngineUnwind(
                 NonDeterminismError(
                     flow_id=self.flow_id,
                     flow_class=self.spec.class_name,
                     step=step,
-                    recorded=f"{method}(<args {row.fingerprint}>)",
-                    current=f"{method}(<args {fp}>)",
+                    recorded=f"{method}({recorded})",
+                    current=f"{method}({current})",
                     reason="the same call with different arguments",
                 )
             )
@@ -268,10 +287,10 @@ class Run:
         step = self._next()
         _faults.point("step.enter")
         cls_name = declaring_class(obj, name)
-        fp = fingerprint((args, kwargs))
+        fp = fingerprint(canonical_call(getattr(type(obj), name), obj, args, kwargs))
         row = self.rows.get(step)
         if row is not None:
-            self._check(step, row, cls_name, name, fp)
+            self._check(step, row, cls_name, name, fp, (args, kwargs))
             if row.status == "COMPLETE":
                 if self.engine._debug:
                     self.engine._debug_replay(self, step, name, "replayed")
@@ -526,10 +545,10 @@ class Run:
         """
         step = self._next()
         cls_name = declaring_class(obj, name)
-        fp = fingerprint((args, kwargs))
+        fp = fingerprint(canonical_call(fn, obj, args, kwargs))
         row = self.rows.get(step)
         if row is not None:
-            self._check(step, row, cls_name, name, fp)
+            self._check(step, row, cls_name, name, fp, (args, kwargs))
             if row.status == "COMPLETE":
                 return self._decode(row.return_value, step, b"r")
             if row.status == "FAILED":

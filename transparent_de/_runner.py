@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import reprlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
 from . import _preview as preview
-from ._entries import REBUILD, check_flow_id, entry_function, entry_owner, resolve_class, spec_of
+from ._entries import (
+    REBUILD,
+    bind_entry,
+    canonical_call,
+    check_flow_id,
+    entry_function,
+    entry_owner,
+    resolve_class,
+    spec_of,
+)
 from ._ownership import owner_alive
 from ._run import EngineUnwind, Park, RemoteError, Run
 from ._serialization import EncodeError, fingerprint, flow_context, step_context
@@ -97,6 +105,7 @@ class Runner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._seen: dict[str, tuple[tuple[str, int, int | None], float]] = {}  # flow -> (lease seen, since)
+        self._fresh_checked: set[tuple[str, str, str]] = set()
 
     def _where(self, fid: str, step: int = 0) -> Callable[[], dict[str, Any]]:
         return lambda: {"path": self.engine.store.path, "flow_id": fid, "step": step}
@@ -120,7 +129,8 @@ class Runner:
         engine = self.engine
         store, codec = engine.store, engine.codec
         spec = spec_of(obj)
-        fp = fingerprint((args, kwargs))
+        bind_entry(obj, fn, name, args, kwargs)  # a TypeError before anything is written
+        fp = fingerprint(canonical_call(fn, obj, args, kwargs))
         cls = type(obj)
         entry_cls = entry_owner(obj, name, fn)
         try:
@@ -170,7 +180,9 @@ class Runner:
                 _faults.point("flow.start.after_commit")
                 return None if create_only else Claimed(1, {}, 0)
             if (state.entry_class, state.entry_method) != (entry_cls, name) or (
-                state.fingerprint is not None and state.fingerprint != fp
+                state.fingerprint is not None
+                and state.fingerprint != fp
+                and state.fingerprint != fingerprint((args, kwargs))  # as journals before 0.1 fingerprinted
             ):
                 finished = state.status in TERMINAL
                 raise NonDeterminismError(
@@ -178,7 +190,7 @@ class Runner:
                     flow_class=spec.class_name,
                     step=0,
                     recorded=f"{state.entry_class}.{state.entry_method}({preview.call_args(state.parameters, 80)})",
-                    current=f"{entry_cls}.{name}({_shown(args, kwargs)})",
+                    current=f"{entry_cls}.{name}({preview.live_call_args(args, kwargs)})",
                     reason=(
                         f"this flow id {'finished' if finished else 'was started'} with another entry or "
                         "other arguments; a flow id names one call, whose result it keeps"
@@ -205,6 +217,23 @@ class Runner:
             _faults.point("flow.start.after_commit")
             return Claimed(fence, rows, state.failures)
         raise TransparentDEError(f"flow {fid}: could not claim it; other engines keep changing it")
+
+    def fresh_id(self, obj: Any, name: str) -> str:
+        """A new flow id; the first time this entry starts without one while unfinished flows of
+        it sit in the journal, say once that ``recover()`` is what resumes those."""
+        cls = type(obj)
+        key = (cls.__module__, cls.__qualname__, name)
+        if key not in self._fresh_checked:
+            self._fresh_checked.add(key)
+            waiting = self.engine.store.unfinished_of(*key)
+            if waiting:
+                log.warning(
+                    "starting %s.%s with a fresh flow id while %d unfinished flow(s) of it are in the journal "
+                    "%s: a fresh id never resumes them; transparent_de.recover() (or `transparent-de recover`) "
+                    "does, and run(..., flow_id=ID) resumes one.",
+                    cls.__qualname__, name, waiting, self.engine.store.path,
+                )  # fmt: skip
+        return uuid.uuid4().hex
 
     def owned_elsewhere(self, fid: str, owner: str | None, lease_until: int | None, fence: int) -> bool:
         """Does another engine that may be alive hold the flow? (Then it is not ours to run.)
@@ -241,7 +270,7 @@ class Runner:
         clock; sleeps and waits ending by it are over, whatever the wall clock says now."""
         engine = self.engine
         spec = spec_of(obj)
-        fid = check_flow_id(flow_id) if flow_id is not None else uuid.uuid4().hex
+        fid = check_flow_id(flow_id) if flow_id is not None else self.fresh_id(obj, name)
         claimed = self.claim(obj, name, tuple(args), dict(kwargs), fid, fn)
         if not isinstance(claimed, Claimed):
             assert claimed is not None
@@ -409,14 +438,6 @@ class Runner:
         if out.status == "CANCELLED":
             return False, FlowCancelledError(flow_id=fid)
         return None
-
-
-def _shown(args: tuple[Any, ...], kwargs: dict[str, Any], width: int = 80) -> str:
-    """A bounded rendering of a call's arguments, for messages."""
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = 40
-    text = ", ".join([short.repr(a) for a in args] + [f"{k}={short.repr(v)}" for k, v in kwargs.items()])
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _escaped_step(run: Run, exc: BaseException) -> int | None:

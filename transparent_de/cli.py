@@ -9,14 +9,13 @@ Exit codes: 0 ok, 1 a flow failed (or ``doctor`` found a problem), 2 usage error
 from __future__ import annotations
 
 import argparse
-import fnmatch
+import contextlib
 import importlib
 import importlib.metadata
 import json
 import logging
 import os
 import signal as signal_module
-import sqlite3
 import sys
 import threading
 import time
@@ -24,12 +23,28 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import _hook, _preview, _versions
+from . import _hook
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    _default_db,
+    _emit,
+    _flow_packages,
+    _install,
+    _jsonable,
+    _parse_arg,
+    _require_journal,
+    _result_text,
+    _short,
+    _when,
+)
+from ._cli_inspect import cmd_cache_clear, cmd_doctor, cmd_list, cmd_show
 from ._engine import Engine
-from ._serialization import Codec, codec_of, hmac_key, step_context
-from ._store import inspect, open_store
-from ._store.base import STATUSES, FlowInfo, StepInfo
+from ._store.base import STATUSES
 from .errors import (
+    FlowArgumentsError,
     FlowCancelledError,
     FlowFailedError,
     FlowNotFoundError,
@@ -37,157 +52,6 @@ from .errors import (
     SignalError,
     TransparentDEError,
 )
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-READ_ONLY_COMMANDS = ("list", "show", "doctor")
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line on stderr, exit code 2."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _default_db() -> str:
-    return os.environ.get("TRANSPARENT_DE_DB", "transparent_de.db")
-
-
-def _require_journal(path: str) -> None:
-    if not os.path.exists(path):
-        raise UsageError(
-            f"no journal at {path!r} (use --db PATH or set TRANSPARENT_DE_DB); nothing was created"
-        )
-
-
-def _parse_arg(text: str) -> Any:
-    """A command-line argument: JSON when it is JSON, else the string itself; text that starts
-    like JSON (``{``, ``[``, ``"``) but does not parse is a mistake, not a string."""
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        if text.lstrip()[:1] in ("{", "[", '"'):
-            raise UsageError(f"argument {_short(text)!r} looks like JSON but does not parse: {exc}") from None
-        return text
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
-
-
-def _short(text: str, width: int = 40) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _age(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    s = max(0, int(time.time() - ms / 1000))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, default=repr))
-    else:
-        print(text())
-
-
-def _flow_packages(path: str, flow_id: str | None = None, unfinished: bool = False) -> list[str]:
-    """Top-level packages of flows in the journal (read-only), so their hook can be installed.
-
-    A journal that cannot be read yields none: the command itself then reports why.
-    """
-    if not os.path.exists(path):
-        return []
-    try:
-        store = open_store(path, readonly=True)
-    except (JournalError, sqlite3.Error, ValueError):
-        return []
-    try:
-        modules = store.modules(flow_id, unfinished)
-    except (JournalError, sqlite3.Error):
-        return []
-    finally:
-        store.close()
-    return sorted({m.split(".")[0] for m in modules})
-
-
-def _install(packages: Sequence[str]) -> None:
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    have = {p for f in sys.meta_path if isinstance(f, _hook.FlowFinder) for p in f.packages}
-    todo = [p for p in packages if p not in have]
-    if todo:
-        _hook.install(*todo)
-
-
-def _decoded(blob: bytes | None, context: bytes, codec: Codec | None, call: bool = False) -> tuple[str, Any]:
-    """(short text, json value) of a framed blob.
-
-    Without ``codec`` (the default of every read-only command) the value is only *previewed*
-    from its pickle opcodes (:mod:`._preview`): nothing from the journal is imported or run.
-    With one (``show --unsafe-decode``) it is verified and unpickled for real.
-    """
-    if blob is None:
-        return "", None
-    blob = bytes(blob)
-    if codec is None:
-        text = _preview.call_args(blob) if call else _preview.preview(blob)
-        plain, value = _preview.plain_value(blob)  # JSON for plain data, still without unpickling
-        return text, value if plain else None
-    try:
-        value = codec.open(blob, context)
-    except Exception as exc:  # a corrupt or unsigned blob, or a class that no longer imports
-        return f"<{codec_of(blob)}, {len(blob)} bytes: {type(exc).__name__}: {exc}>", None
-    if call and isinstance(value, tuple) and len(value) == 2:
-        args, kwargs = value
-        if isinstance(args, tuple) and isinstance(kwargs, dict):
-            text = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
-            return text, _jsonable(value)
-    return repr(value), _jsonable(value)
-
-
-def _unsafe_codec(args: argparse.Namespace) -> Codec | None:
-    """The codec ``show --unsafe-decode`` decodes with: verified with a key, or explicitly not."""
-    if not args.unsafe_decode:
-        return None
-    key = hmac_key()
-    if key is None and not args.no_verify:
-        raise UsageError(
-            "--unsafe-decode unpickles journal values, which runs whatever code they name, and no "
-            "TRANSPARENT_DE_HMAC_KEY is set to verify them first. Set the key the journal was signed "
-            "with, or add --no-verify to decode an unsigned journal you trust"
-        )
-    return Codec(key)
-
 
 # --------------------------------------------------------------------------- commands
 
@@ -268,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         try:
             result = engine.run(entry, *values, flow_id=flow_id)
+        except FlowArgumentsError as exc:  # the arguments do not fit: nothing was started
+            raise UsageError(str(exc)) from None
         except TypeError as exc:
             if "entry" in str(exc) or "bound entry" in str(exc):
                 raise UsageError(str(exc)) from None
@@ -275,147 +141,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     _emit(args, {"flow_id": flow_id, "result": _jsonable(result)}, lambda: _result_text(result))
-    return EXIT_OK
-
-
-def _result_text(result: Any) -> str:
-    try:
-        return json.dumps(result)
-    except (TypeError, ValueError):
-        return repr(result)
-
-
-def _flow_dict(f: FlowInfo) -> dict[str, Any]:
-    return {
-        "flow_id": f.flow_id,
-        "class": f.class_name,
-        "method": f.method_name,
-        "status": f.status,
-        "steps": f.steps,
-        "owner": f.owner,
-        "lease_until": f.lease_until,
-        "wake_at": f.wake_at,
-        "waiting_for": f.waiting_for,
-        "created": f.created,
-        "updated": f.updated,
-    }
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    _require_journal(args.db)
-    status = args.status.upper() if args.status else None
-    if status and status not in STATUSES:
-        raise UsageError(f"unknown status {args.status!r} (one of {', '.join(STATUSES)})")
-    engine = Engine(args.db, readonly=True)
-    try:
-        flows = engine.flows(status)
-    finally:
-        engine.close()
-
-    def text() -> str:
-        if not flows:
-            return "no flows" + (f" with status {status}" if status else "")
-        rows = []
-        for f in flows:
-            wait = (
-                f"signal {f.waiting_for}"
-                if f.waiting_for
-                else (f"wake {_when(f.wake_at)}" if f.wake_at else "")
-            )
-            rows.append(
-                [
-                    f.flow_id,
-                    f"{f.class_name}.{f.method_name}",
-                    f.status,
-                    str(f.steps),
-                    _age(f.created),
-                    f.owner or "",
-                    wait,
-                ]
-            )
-        return _table(["FLOW ID", "FLOW", "STATUS", "STEPS", "AGE", "OWNER", "WAITING/WAKE"], rows)
-
-    _emit(args, [_flow_dict(f) for f in flows], text)
-    return EXIT_OK
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    _require_journal(args.db)
-    codec = _unsafe_codec(args)
-    if codec is not None and not codec.signing:
-        print("transparent-de: warning: decoding unverified values (--no-verify)", file=sys.stderr)
-    engine = Engine(args.db, readonly=True)
-    try:
-        steps = engine.steps(args.flow_id)
-        flow = next((f for f in engine.flows() if f.flow_id == args.flow_id), None)
-    finally:
-        engine.close()
-    out = []
-    for s in steps:
-        a_text, a_val = _decoded(s.parameters, step_context(args.flow_id, s.step, b"p"), codec, call=True)
-        r_text, r_val = _decoded(s.return_value, step_context(args.flow_id, s.step, b"r"), codec)
-        out.append((s, a_text, a_val, r_text, r_val))
-
-    def step_dict(s: StepInfo, a_text: str, a_val: Any, r_text: str, r_val: Any) -> dict[str, Any]:
-        return {
-            "step": s.step,
-            "kind": s.kind,
-            "class": s.class_name,
-            "method": s.method_name,
-            "status": s.status,
-            "attempts": s.attempts,
-            "delay": s.delay,
-            "timestamp": s.timestamp,
-            "arguments": a_text,
-            "arguments_codec": codec_of(s.parameters),
-            "arguments_value": a_val,
-            "result": r_text,
-            "result_codec": codec_of(s.return_value),
-            "result_value": r_val,
-            "error": (s.error_text or "").strip().splitlines()[-1] if s.error_text else None,
-            "site": s.site,
-        }
-
-    def text() -> str:
-        head = f"flow {args.flow_id}"
-        if flow is not None:
-            head += f"  {flow.class_name}.{flow.method_name}  {flow.status}"
-        rows = []
-        for s, a_text, _, r_text, _ in out:
-            err = (s.error_text or "").strip().splitlines()[-1] if s.error_text else ""
-            rows.append(
-                [
-                    str(s.step),
-                    s.kind,
-                    f"{s.class_name}.{s.method_name}",
-                    s.status,
-                    str(s.attempts),
-                    "" if s.delay is None else f"{s.delay}ms",
-                    _when(s.timestamp),
-                    _short(a_text),
-                    _short(r_text),
-                    _short(err, 60),
-                ]
-            )
-        cols = [
-            "STEP",
-            "KIND",
-            "METHOD",
-            "STATUS",
-            "ATT",
-            "DELAY",
-            "TIMESTAMP",
-            "ARGUMENTS",
-            "RESULT",
-            "ERROR",
-        ]
-        return head + "\n" + _table(cols, rows)
-
-    data = {
-        "flow": _flow_dict(flow) if flow is not None else {"flow_id": args.flow_id},
-        "steps": [step_dict(*o) for o in out],
-    }
-    _emit(args, data, text)
     return EXIT_OK
 
 
@@ -575,123 +300,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _version_of(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    _require_journal(args.db)
-    problems: list[str] = []
-    report: dict[str, Any] = {"journal": os.path.abspath(args.db)}
-    try:
-        health = inspect(args.db)
-    except sqlite3.Error as exc:
-        raise UsageError(f"{args.db} is not a readable SQLite database: {exc}") from None
-    app_id, version, integrity, counts = (
-        health.application_id,
-        health.schema_version,
-        health.integrity,
-        health.counts,
-    )
-    supported_schema = health.supported_schema
-    report.update(
-        application_id=app_id,
-        ours=health.ours,
-        schema_version=version,
-        supported_schema=supported_schema,
-        integrity=integrity,
-        flows=counts,
-    )
-    if not health.ours:
-        problems.append(f"not a transparent_de journal (application_id {app_id:#x})")
-    elif version > supported_schema:
-        problems.append(f"schema version {version} is newer than this version supports ({supported_schema})")
-    if integrity != ["ok"]:
-        problems.append("integrity_check: " + "; ".join(integrity[:5]))
-    key = hmac_key() is not None
-    mode = health.file_mode or 0
-    if health.signed and not key:
-        problems.append(
-            f"{health.signed} flow(s) are signed but TRANSPARENT_DE_HMAC_KEY is not set: they cannot be resumed here"
-        )
-    if health.unsigned and key:
-        problems.append(f"{health.unsigned} flow(s) are not signed, and signing is on: they will be refused")
-    signing = (
-        "on (TRANSPARENT_DE_HMAC_KEY is set)"
-        if key
-        else "OFF: whoever can write the journal can make processes that resume its flows run code "
-        "(set TRANSPARENT_DE_HMAC_KEY; docs/journal.md#threat-model)"
-    )
-    report.update(
-        signing=key,
-        file_mode=f"{mode:04o}",
-        signed_flows=health.signed,
-        unsigned_flows=health.unsigned,
-    )
-    hooks = [repr(f) for f in sys.meta_path if isinstance(f, _hook.FlowFinder)]
-    supported = _versions.PY in _versions.SUPPORTED
-    if not supported:
-        problems.append(f"Python {sys.version.split()[0]} is not supported")
-    report.update(
-        hooks=hooks,
-        python=sys.version.split()[0],
-        implementation=sys.implementation.name,
-        cache_tag=_hook.CACHE_TAG,
-        bytecode=_version_of("bytecode"),
-        dill=_version_of("dill"),
-        sqlite=sqlite3.sqlite_version,
-        interpreter_supported=supported,
-        problems=problems,
-    )
-
-    def text() -> str:
-        lines = [
-            f"journal      {report['journal']}",
-            f"ours         {'yes' if report['ours'] else 'NO'} (application_id {app_id:#x})",
-            f"schema       {version} (supported {supported_schema})",
-            f"integrity    {'ok' if integrity == ['ok'] else 'FAILED'}",
-            "flows        " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"),
-            f"signing      {signing}",
-            f"signed       {health.signed} flow(s) signed, {health.unsigned} unsigned",
-            f"file mode    {mode:04o}" + ("" if mode & 0o077 == 0 else " (others may read or write it)"),
-            "hooks        " + (", ".join(hooks) or "none installed in this process"),
-            f"python       {report['python']} ({sys.implementation.name}, cache tag {_hook.CACHE_TAG})",
-            f"supported    {'yes' if supported else 'NO'}",
-            f"bytecode     {report['bytecode']}",
-            f"dill         {report['dill']}",
-            f"sqlite       {report['sqlite']}",
-        ]
-        lines += [f"PROBLEM: {p}" for p in problems] or ["no problems found"]
-        return "\n".join(lines)
-
-    _emit(args, report, text)
-    return EXIT_FAILED if problems else EXIT_OK
-
-
-def cmd_cache_clear(args: argparse.Namespace) -> int:
-    root = args.dir or os.getcwd()
-    if not os.path.isdir(root):
-        raise UsageError(f"{root!r} is not a directory")
-    tag = "cpython-*-tde*" if args.all_interpreters else f"{sys.implementation.cache_tag}-tde*"
-    pattern = f"*.{tag}.pyc"
-    removed = []
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            if fnmatch.fnmatch(name, pattern):
-                path = os.path.join(dirpath, name)
-                os.remove(path)
-                removed.append(path)
-    _emit(
-        args,
-        {"removed": removed},
-        lambda: f"removed {len(removed)} cached rewrite(s) ({pattern}) under {root}",
-    )
-    return EXIT_OK
-
-
 # --------------------------------------------------------------------------- parser
 
 
@@ -749,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--unsafe-decode",
         action="store_true",
         help="unpickle values for real (runs code they name); needs TRANSPARENT_DE_HMAC_KEY to verify them",
+    )
+    p.add_argument(
+        "--wide", action="store_true", help="every column, values shown in full (up to 200 characters)"
     )
     p.add_argument(
         "--no-verify",
@@ -843,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transparent-de: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `transparent-de list | head`: the reader has gone, quietly stop
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except Exception as exc:
         if args.command != "run":
             raise

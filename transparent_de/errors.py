@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "CorruptJournalError",
+    "FlowArgumentsError",
     "FlowBusyError",
     "FlowCancelledError",
     "FlowFailedError",
@@ -298,6 +299,21 @@ class JournalIOError(JournalError):
             "disk space or release the lock held by another process, then resume the flow (run it "
             "again with its id, or recover())."
         )
+
+
+class FlowArgumentsError(TransparentDEError, TypeError):
+    """The arguments do not fit the entry's parameters; no flow was started (nothing written).
+
+    A ``TypeError`` too, as the plain call would have raised.
+    """
+
+    def __init__(
+        self, message: str = "", *, flow_class: str = "", method: str = "", detail: str = ""
+    ) -> None:
+        super().__init__(message, flow_class=flow_class, method=method, detail=detail)
+
+    def _build(self, **f: Any) -> str:
+        return f"{f['flow_class']}.{f['method']}(): {f['detail']}; no flow was started, nothing was written"
 
 
 class FlowBusyError(TransparentDEError):

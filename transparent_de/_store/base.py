@@ -22,7 +22,7 @@ writes and never changes the file or database.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -454,6 +454,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def flows(self, status: str | None = None) -> list[FlowInfo]: ...
+
+    @abc.abstractmethod
+    def flow_info(self, flow_id: str) -> FlowInfo | None: ...
+
+    @abc.abstractmethod
+    def unfinished_of(self, module: str, qualname: str, method: str) -> int:
+        """How many unfinished flows this entry has."""
+
+    @abc.abstractmethod
+    def values(self) -> Iterator[tuple[str, int, bytes | None, bytes | None, bytes | None]]:
+        """Every row's ``(flow_id, step, parameters, return_value, error)`` (for ``doctor``)."""
 
     @abc.abstractmethod
     def steps(self, flow_id: str) -> list[StepInfo]:

@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._serialization import is_signed
@@ -187,6 +187,17 @@ class SQLiteStore(Store):
 
     def flows(self, status: str | None = None) -> list[FlowInfo]:
         return [FlowInfo(*r) for r in self.file.read(Q["flows"], (status, status))]
+
+    def flow_info(self, flow_id: str) -> FlowInfo | None:
+        row = self._one("flow_info", (flow_id,))
+        return FlowInfo(*row) if row else None
+
+    def unfinished_of(self, module: str, qualname: str, method: str) -> int:
+        return int(self._one("unfinished_of", (module, qualname, method))[0])
+
+    def values(self) -> Iterator[tuple[str, int, bytes | None, bytes | None, bytes | None]]:
+        for r in self.file.read(Q["all_values"]):
+            yield str(r[0]), int(r[1]), r[2], r[3], r[4]
 
     def steps(self, flow_id: str) -> list[StepInfo]:
         return [StepInfo(*r) for r in self.file.read(Q["steps"], (flow_id,))]

@@ -177,6 +177,21 @@ SELECT f.flow_id, f.owner, f.lease_until, f.fence, f.wake_at, f.waiting_for,
 FROM flows f
 WHERE f.status IN ('PENDING', 'WAITING_FOR_SIGNAL') ORDER BY f.created
 
+-- name: flow_info
+SELECT f.flow_id, f.module || '.' || f.qualname, f.method_name, f.status, f.owner, f.lease_until,
+       f.wake_at, f.waiting_for, f.created, f.updated,
+       (SELECT count(*) FROM execution_log e WHERE e.flow_id = f.flow_id AND e.step > 0)
+FROM flows f WHERE f.flow_id = ?
+
+-- name: unfinished_of
+-- How many unfinished flows this entry has (a fresh id while some exist: recover()?).
+SELECT count(*) FROM flows
+WHERE module = ? AND qualname = ? AND method_name = ? AND status IN ('PENDING', 'WAITING_FOR_SIGNAL')
+
+-- name: all_values
+-- Every value blob, for doctor (read and checked, never unpickled).
+SELECT flow_id, step, parameters, return_value, error FROM execution_log ORDER BY flow_id, step
+
 -- name: flows
 -- For `list`: every flow, or those with one status (? is NULL for all).
 SELECT f.flow_id, f.module || '.' || f.qualname, f.method_name, f.status, f.owner, f.lease_until,
