@@ -5,7 +5,7 @@
 # package registries, so the two newest come from Debian's own `python3.14` / `python3.15`.
 # Sourced by .ci/run (needs root, as CI runs). Functions:
 #
-#   sid_ensure        build the chroot once (debootstrap, ~60 s, ~340 MB), reuse it afterwards
+#   sid_ensure        build the chroot once (debootstrap, ~70 s, ~380 MB), reuse it afterwards
 #   sid_enter         mount /proc, /dev, /dev/shm and the project (at its own path) inside it
 #   sid_leave         unmount what sid_enter mounted: call it from the caller's EXIT trap
 #   sid_run CMD...    run CMD inside the chroot, in the project, with a clean environment
