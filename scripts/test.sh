@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Set up a virtualenv in .venv (first run only) and run the test suite. Extra args go to pytest.
+# Set up .venv (first run, or after pyproject.toml changed) and run the test suite. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-fi
-.venv/bin/python -m pip install -q -e '.[test]'
+source scripts/_venv.sh
+ensure_venv test
 exec .venv/bin/python -m pytest -q "$@"

@@ -100,13 +100,21 @@ def test_debug_off_prints_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("version", [(3, 9), (3, 14)])
-def test_unknown_interpreter_is_refused_at_install(monkeypatch: pytest.MonkeyPatch, version: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("version", "advice"),
+    [((3, 9), r"Use CPython 3\.10 or newer"), ((3, 16), r"A newer transparent_de release may support it")],
+)
+def test_unknown_interpreter_is_refused_at_install(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[int, int], advice: str
+) -> None:
+    """The newest interpreter not supported (3.9) and the first not known (3.16) are refused."""
     monkeypatch.setattr(V, "PY", version)
     before = list(sys.meta_path)
-    with pytest.raises(UnsupportedPythonError, match=r"supports CPython 3\.10, 3\.11, 3\.12, 3\.13"):
+    with pytest.raises(UnsupportedPythonError, match=r"supports CPython 3\.10, 3\.11, 3\.12, 3\.13, 3\.14, 3\.15; ") as info:
         transparent_de.install("anything")
     assert sys.meta_path == before  # nothing was hooked
+    assert f"this is cpython {version[0]}.{version[1]} (" in str(info.value)
+    assert info.match(advice)
 
 
 def test_import_and_a_cache_hit_never_import_bytecode(tmp_path: Path) -> None:

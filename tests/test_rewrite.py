@@ -47,10 +47,14 @@ class Other:
 
 def plain_module(source: str) -> types.ModuleType:
     """The same source compiled and executed without the hook (and without the guard that
-    refuses unrewritten flow classes: this is the plain-Python oracle)."""
+    refuses unrewritten flow classes: this is the plain-Python oracle).
+
+    ``dont_inherit``: compiled as an import would, not with this file's ``__future__`` flags
+    (``annotations`` would turn every annotation of the source into a string).
+    """
     mod = types.ModuleType(f"tde_plain_{next(_ids)}")
     mod.__dict__["__builtins__"] = PLAIN_BUILTINS
-    exec(compile(textwrap.dedent(source), mod.__name__, "exec"), mod.__dict__)
+    exec(compile(textwrap.dedent(source), mod.__name__, "exec", dont_inherit=True), mod.__dict__)
     return mod
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import CodeType
 
 import pytest
 from hypothesis import given
@@ -64,3 +65,66 @@ def test_frame_round_trip_and_codec():
     assert S.codec_of(blob) == "pickle" and S.decode(blob) == {"a": 1}
     lam = S.encode(lambda x: x + 1)  # only dill can carry a lambda
     assert S.codec_of(lam) == "dill" and S.decode(lam)(1) == 2
+
+
+CODE_VALUES = """
+import functools
+
+def outer(k):
+    def scaled(y, *, by=2):
+        return y * k * by
+    return scaled
+
+def local_class():
+    class Point:
+        def __init__(self, x):
+            self.x = x
+        def double(self):
+            return Point(self.x * 2)
+    return Point(3)
+
+VALUES = [lambda x: x + 1, outer(5), functools.partial(outer(1), by=3), local_class()]
+
+def check(vs):
+    return [vs[0](1), vs[1](2), vs[2](4), vs[3].double().x, type(vs[3]).__qualname__]
+"""
+
+
+def test_values_holding_code_round_trip_in_a_fresh_process(tmp_path):
+    """Lambdas, closures and local classes (code pickled by value, dill) load in another process."""
+    (tmp_path / "codevals.py").write_text(CODE_VALUES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    write = "import codevals, sys; from transparent_de import _serialization as S; sys.stdout.buffer.write(S.encode(codevals.VALUES))"
+    blob = subprocess.run([sys.executable, "-c", write], env=env, capture_output=True, check=True).stdout
+    assert S.codec_of(blob) == "dill"
+    (tmp_path / "codevals.py").write_text(CODE_VALUES.replace("return y * k * by", "return 0"))  # by value, not by name
+    read = "import codevals, sys; from transparent_de import _serialization as S; print(codevals.check(S.decode(sys.stdin.buffer.read())))"
+    out = subprocess.run([sys.executable, "-c", read], env=env, input=blob, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "[2, 20, 12, 6, 'local_class.<locals>.Point']"
+
+
+def test_code_compiled_by_another_python_is_refused_not_loaded(monkeypatch):
+    """Bytecode of one CPython minor version crashes another: such a value gets a clear error."""
+    from transparent_de.errors import UnsupportedPythonError
+
+    monkeypatch.setattr(S, "_CODE_VERSION", ("3.9", b"a\r\r\n"))
+    blob = S.encode(lambda x: x + 1)
+    monkeypatch.undo()
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    where = {"path": "j.db", "flow_id": "f-1", "step": 4}
+    with pytest.raises(UnsupportedPythonError, match=rf"flow f-1, step 4: .* compiled by CPython 3\.9; this is CPython {here}") as info:
+        S.decode(blob, where=lambda: where)
+    assert (info.value.flow_id, info.value.step, info.value.path) == ("f-1", 4, "j.db")
+    assert S.decode(S.encode([1, "plain data"])) == [1, "plain data"]  # data is not affected
+
+
+@pytest.mark.skipif(hasattr(CodeType, "co_lnotab"), reason="CPython 3.15 removed co_lnotab; before it dill pickles code itself")
+def test_dill_alone_cannot_pickle_functions_where_co_lnotab_is_gone():
+    """Why our codec stores code objects itself: dill 0.4.1 reads the removed ``co_lnotab``."""
+    import dill
+
+    if dill.__version__ != "0.4.1":
+        pytest.skip(f"dill {dill.__version__} may handle CPython 3.15 itself")
+    with pytest.raises(AttributeError, match="co_lnotab"):
+        dill.dumps(lambda: 0)
+    assert S.decode(S.encode(lambda: 7))() == 7

@@ -46,7 +46,8 @@ def step_key(name: str, qualname: str, line: int | None, method: bool) -> str:
 
 
 def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
-    bc = Bytecode.from_code(code)
+    source, hidden = V.hide_interpolations(code)
+    bc = Bytecode.from_code(source)
     qual = V.code_qualname(code)
     out: list[Any] = []
     changed = False
@@ -89,8 +90,7 @@ def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
         return code
     bc.clear()
     bc.extend(out)
-    new_code: CodeType = bc.to_code()
-    return new_code
+    return V.restore_interpolations(bc.to_code(), hidden)
 
 
 def needs_rewrite(code: CodeType, spec: RewriteSpec) -> bool:
@@ -98,7 +98,10 @@ def needs_rewrite(code: CodeType, spec: RewriteSpec) -> bool:
 
     Rewritten sites no longer load the bare name, so this is what makes the transform
     idempotent and lets the after-import check skip already rewritten code for free.
+    Annotation scopes (3.14+) are not flow code and never need it.
     """
+    if V.is_annotation_scope(code):
+        return False
     names = set(code.co_names)
     if names & spec.steps or names & spec.nd_attrs:
         return True

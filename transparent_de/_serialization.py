@@ -4,6 +4,12 @@
   closures, classes defined in ``__main__``): dill costs 20-40x more and its import 30-40 ms,
   so it is imported only when pickle fails or a dill blob must be read. The codec is recorded
   in every blob's frame because ``pickle.loads`` cannot read dill output.
+* **Code objects** inside dill values are stored by us, not by dill: ``marshal`` of the code
+  plus the bytecode magic number of the interpreter that compiled it. dill 0.4.1 reads
+  ``co_lnotab``, which CPython 3.15 removed, so it cannot pickle any function there; and code
+  compiled by one CPython minor version crashes another (a segfault, or ``SystemError: unknown
+  opcode``), so a journal resumed on another version refuses such a value with
+  :class:`~transparent_de.errors.UnsupportedPythonError` instead of loading it.
 * **Frame.** ``b"TD" | version | codec | flags | crc32 | [hmac-sha256] | payload``. A truncated
   or garbled blob is detected *before* any unpickler runs and raises
   :class:`~transparent_de.errors.CorruptJournalError`; it is never taken as "not done".
@@ -21,17 +27,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import marshal
 import math
 import os
 import pickle
 import socket
 import struct
+import sys
 import threading
 import zlib
 from collections.abc import Callable
+from importlib.util import MAGIC_NUMBER
+from types import CodeType
 from typing import Any
 
-from .errors import CorruptJournalError, JournalKeyError
+from .errors import CorruptJournalError, JournalKeyError, UnsupportedPythonError
 
 MAGIC = b"TD"
 FRAME_VERSION = 2
@@ -67,6 +77,23 @@ _RESOURCES: tuple[type, ...] = (
 )
 
 
+#: Which bytecode a code object in a dill value was compiled for: ("3.11", its magic number).
+_CODE_VERSION = (f"{sys.version_info[0]}.{sys.version_info[1]}", MAGIC_NUMBER)
+
+
+class _ForeignCode(Exception):
+    """A dill value holds code compiled by another CPython version (see :func:`decode`)."""
+
+
+def _load_code(version: tuple[str, bytes], data: bytes) -> CodeType:
+    """Rebuild a code object written by :func:`_dill_dumps`; journals name it: keep its name."""
+    if version[1] != MAGIC_NUMBER:
+        raise _ForeignCode(version[0])
+    code = marshal.loads(data)
+    assert isinstance(code, CodeType)
+    return code
+
+
 def _dill_dumps(value: Any) -> bytes:
     dill = _dill()
 
@@ -74,6 +101,8 @@ def _dill_dumps(value: Any) -> bytes:
         def reducer_override(self, obj: Any) -> Any:
             if isinstance(obj, _RESOURCES):
                 raise TypeError(f"cannot pickle {type(obj).__qualname__!r} object (a process-local resource)")
+            if type(obj) is CodeType:
+                return _load_code, (_CODE_VERSION, marshal.dumps(obj))
             return NotImplemented
 
     buf = io.BytesIO()
@@ -198,6 +227,17 @@ def decode(
         if codec == CODEC_PICKLE:
             return pickle.loads(payload)
         return _dill().loads(payload)
+    except _ForeignCode as exc:
+        fields = where() if where else {}
+        at = f"flow {fields['flow_id']}, step {fields['step']}: " if fields.get("flow_id") else ""
+        here = _CODE_VERSION[0]
+        raise UnsupportedPythonError(
+            f"{at}the journaled value holds Python code (a lambda, nested function or local class, "
+            f"stored with dill) compiled by CPython {exc}; this is CPython {here}, whose bytecode "
+            f"differs, so it cannot be loaded. Resume this flow on CPython {exc}, or pass data rather "
+            "than functions between steps.",
+            **fields,
+        ) from None
     except Exception as exc:
         raise CorruptJournalError(
             detail=f"cannot unpickle value ({CODECS[codec]}): {type(exc).__name__}: {exc}",

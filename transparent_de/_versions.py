@@ -1,26 +1,142 @@
 """Every difference between the CPython versions we support lives here.
 
 The rewriter never compares ``sys.version_info`` itself: it asks this module for the
-instruction templates of the running interpreter. An interpreter we have not verified is
-refused with :class:`~transparent_de.errors.UnsupportedPythonError` instead of being
-mis-compiled.
+instruction templates of the running interpreter. Each supported version has one row in
+:data:`VERSIONS`, checked against what that interpreter's compiler really emits by
+``tests/test_versions.py``; an interpreter without a row (older than 3.10, or newer than the
+last one verified) is refused with :class:`~transparent_de.errors.UnsupportedPythonError`
+instead of being mis-compiled.
 
 Stack conventions (see docs/concepts.md for the full table):
 
 * method form (``LOAD_METHOD`` on 3.10/3.11, ``LOAD_ATTR`` with the method bit on 3.12+)
   turns ``[obj]`` into two slots that the following call reads as "callable, self";
 * value form (a plain ``LOAD_ATTR``) turns ``[obj]`` into ``[attr]``.
+
+NOTE (3.14+, borrowed loads): most ``LOAD_FAST`` become ``LOAD_FAST_BORROW`` (a reference
+the frame's local keeps alive). The compiler proves the borrow safe for as long as the value
+stays on the stack, and for a method-form ``LOAD_ATTR`` it already assumes the receiver stays
+there until the call, which is exactly where our templates leave it (``SWAP`` moves it, the
+untouched ``CALL`` consumes it); a value-form receiver is consumed by our zero-argument call
+at once. No template reads or writes a local, so no borrow outlives its local: they are left
+as the compiler emitted them.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 from .errors import UnsupportedPythonError
 
-SUPPORTED = ((3, 10), (3, 11), (3, 12), (3, 13))
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rewriter must know about one CPython minor version's bytecode."""
+
+    #: ``LOAD_METHOD name`` exists (3.10, 3.11); later it is the method bit of ``LOAD_ATTR``.
+    load_method: bool
+    #: ``LOAD_ATTR``'s argument is ``(is_method, name)`` (3.12+), else the bare name.
+    attr_method_bit: bool
+    #: ``LOAD_GLOBAL``'s argument is ``(push_null, name)`` (3.11+), else the bare name.
+    global_null_bit: bool
+    #: Where a call's NULL slot sits: ``"none"`` (3.10), ``"before"`` the callable (3.11,
+    #: 3.12) or ``"after"`` it (3.13+).
+    null_slot: str
+    #: How two stack slots are swapped: ``ROT_TWO`` (3.10) or ``SWAP 2`` (3.11+).
+    swap: str
+    #: The call of N arguments: ``CALL_METHOD``/``CALL_FUNCTION`` (3.10), ``PRECALL`` +
+    #: ``CALL`` (3.11), ``CALL`` (3.12+).
+    call: str
+    #: Annotations compile to separate ``__annotate__(format, /)`` functions (3.14+, PEP 649
+    #: and 749) instead of being evaluated where they stand.
+    annotation_scopes: bool
+    #: ``LOAD_FAST_BORROW`` and ``LOAD_FAST_BORROW_LOAD_FAST_BORROW`` exist (3.14+); see the
+    #: module docstring for why the templates need no change for them.
+    borrowed_loads: bool
+    #: Template strings compile to ``BUILD_INTERPOLATION`` (3.14+, PEP 750), which the
+    #: ``bytecode`` package cannot carry through a rewrite: see :func:`hide_interpolations`.
+    template_strings: bool
+
+
+_PY310 = Facts(
+    load_method=True,
+    attr_method_bit=False,
+    global_null_bit=False,
+    null_slot="none",
+    swap="ROT_TWO",
+    call="CALL_FUNCTION",
+    annotation_scopes=False,
+    borrowed_loads=False,
+    template_strings=False,
+)
+_PY311 = Facts(
+    load_method=True,
+    attr_method_bit=False,
+    global_null_bit=True,
+    null_slot="before",
+    swap="SWAP",
+    call="PRECALL",
+    annotation_scopes=False,
+    borrowed_loads=False,
+    template_strings=False,
+)
+_PY312 = Facts(
+    load_method=False,
+    attr_method_bit=True,
+    global_null_bit=True,
+    null_slot="before",
+    swap="SWAP",
+    call="CALL",
+    annotation_scopes=False,
+    borrowed_loads=False,
+    template_strings=False,
+)
+_PY313 = Facts(
+    load_method=False,
+    attr_method_bit=True,
+    global_null_bit=True,
+    null_slot="after",
+    swap="SWAP",
+    call="CALL",
+    annotation_scopes=False,
+    borrowed_loads=False,
+    template_strings=False,
+)
+# 3.14: LOAD_SMALL_INT, LOAD_COMMON_CONSTANT, LOAD_SPECIAL, BUILD_TEMPLATE, a CALL_FUNCTION_EX
+# without oparg and PEP 765's SyntaxWarning for return/break/continue in `finally` change
+# nothing the templates touch; borrowed loads, annotation scopes and template strings are the
+# new facts.
+_PY314 = Facts(
+    load_method=False,
+    attr_method_bit=True,
+    global_null_bit=True,
+    null_slot="after",
+    swap="SWAP",
+    call="CALL",
+    annotation_scopes=True,
+    borrowed_loads=True,
+    template_strings=True,
+)
+# 3.15: same conventions as 3.14 (annotation functions are now qualified by their function,
+# `F.run.__annotate__`; GET_YIELD_FROM_ITER is gone; code objects lost `co_lnotab`, which only
+# matters to dill, see _serialization).
+_PY315 = _PY314
+
+#: One row per verified CPython minor version; anything else is refused.
+VERSIONS: dict[tuple[int, int], Facts] = {
+    (3, 10): _PY310,
+    (3, 11): _PY311,
+    (3, 12): _PY312,
+    (3, 13): _PY313,
+    (3, 14): _PY314,
+    (3, 15): _PY315,
+}
+SUPPORTED = tuple(VERSIONS)
 PY = sys.version_info[:2]
+_FACTS = VERSIONS.get(PY)
 
 #: The one global name our rewritten code reads; reserved in flow modules.
 RUNTIME_NAME = "__tde__"
@@ -28,25 +144,39 @@ RUNTIME_NAME = "__tde__"
 
 def check_supported() -> None:
     """Raise a clear error on an interpreter whose bytecode we have not verified."""
-    if PY not in SUPPORTED:
-        versions = ", ".join(f"{a}.{b}" for a, b in SUPPORTED)
-        raise UnsupportedPythonError(
-            f"transparent_de rewrites CPython bytecode and supports CPython {versions}; this is "
-            f"{sys.implementation.name} {sys.version.split()[0]}. Flows would not be durable here, "
-            "so install() refuses to run. Use a supported interpreter."
-        )
     if sys.implementation.name != "cpython":
         raise UnsupportedPythonError(f"transparent_de needs CPython; this is {sys.implementation.name}.")
+    if PY not in VERSIONS:
+        first, last = SUPPORTED[0], SUPPORTED[-1]
+        versions = ", ".join(f"{a}.{b}" for a, b in SUPPORTED)
+        hint = (
+            "A newer transparent_de release may support it; until then use one of those."
+            if last < PY
+            else f"Use CPython {first[0]}.{first[1]} or newer."
+        )
+        raise UnsupportedPythonError(
+            f"transparent_de rewrites CPython bytecode and supports CPython {versions}; this is "
+            f"{sys.implementation.name} {PY[0]}.{PY[1]} ({sys.version.split()[0]}). Flows would not be "
+            f"durable here, so install() refuses to run. {hint}"
+        )
+
+
+def facts() -> Facts:
+    """The running interpreter's row; refuses (never guesses) where there is none."""
+    if _FACTS is None:
+        check_supported()
+    assert _FACTS is not None
+    return _FACTS
 
 
 def attr_load(instr: Any) -> tuple[str, bool] | None:
     """If ``instr`` loads an attribute, return ``(name, is_method_form)``."""
     name = instr.name
-    if name == "LOAD_METHOD":
+    if name == "LOAD_METHOD" and facts().load_method:
         return instr.arg, True
     if name == "LOAD_ATTR":
         arg = instr.arg
-        if PY >= (3, 12):
+        if facts().attr_method_bit:
             return arg[1], bool(arg[0])
         return arg, False
     return None
@@ -56,33 +186,98 @@ def global_load(instr: Any) -> tuple[str, bool] | None:
     """If ``instr`` is ``LOAD_GLOBAL``, return ``(name, pushes_null)``."""
     if instr.name != "LOAD_GLOBAL":
         return None
-    if PY >= (3, 11):
+    if facts().global_null_bit:
         return instr.arg[1], bool(instr.arg[0])
     return instr.arg, False
 
 
+def is_annotation_scope(code: CodeType) -> bool:
+    """Is ``code`` a compiler-made ``__annotate__`` function (3.14+)? Those are never rewritten.
+
+    Annotations are not flow code: on 3.10-3.13 they are evaluated in the class body, which
+    the rewriter leaves alone, and must give the same values on 3.14+ whenever they are
+    evaluated, inside a flow too (a rewritten ``x: time.time`` would then be a capturing
+    wrapper, and an annotation naming a step a journaling one).
+    """
+    return (
+        facts().annotation_scopes
+        and code.co_name == "__annotate__"
+        and code.co_posonlyargcount == 1
+        and code.co_varnames[:1] == ("format",)
+    )
+
+
+def hide_interpolations(code: CodeType) -> tuple[CodeType, tuple[tuple[int, int], ...]]:
+    """Stand ``BUILD_TUPLE`` in for each ``BUILD_INTERPOLATION`` of ``code`` (3.14+).
+
+    NOTE: ``bytecode`` 0.19.1 decodes this opcode's argument (``conversion << 2 | 2 |
+    has_format_spec``) as if it were ``FORMAT_VALUE``'s and cannot encode it back, so any
+    code holding a t-string fails to round-trip (``ValueError: 5 is not a valid FormatValue``
+    or an ``AssertionError``). ``BUILD_TUPLE 2 + has_format_spec`` has the same stack effect
+    and no inline cache, so the rewrite works on the stand-in and
+    :func:`restore_interpolations` puts the original instructions back. Returns the stand-in
+    code and ``(ordinal among its BUILD_TUPLEs, original oparg)`` for each one replaced.
+    """
+    if not facts().template_strings:
+        return code, ()
+    import dis
+
+    interp, tup = dis.opmap["BUILD_INTERPOLATION"], dis.opmap["BUILD_TUPLE"]
+    if interp not in code.co_code[::2]:  # opcodes sit at even offsets: the cheap common case
+        return code, ()
+    raw = bytearray(code.co_code)
+    hidden: list[tuple[int, int]] = []
+    ordinal = 0
+    for ins in dis.get_instructions(code):
+        if ins.opcode == interp:
+            assert ins.arg is not None and ins.arg < 256, ins  # 4 bits of flags: no EXTENDED_ARG
+            raw[ins.offset : ins.offset + 2] = bytes((tup, 2 + (ins.arg & 1)))
+            hidden.append((ordinal, ins.arg))
+        if ins.opcode in (interp, tup):
+            ordinal += 1
+    return (code.replace(co_code=bytes(raw)), tuple(hidden)) if hidden else (code, ())
+
+
+def restore_interpolations(code: CodeType, hidden: tuple[tuple[int, int], ...]) -> CodeType:
+    """Undo :func:`hide_interpolations` on the rewritten code (our templates add no BUILD_TUPLE)."""
+    if not hidden:
+        return code
+    import dis
+
+    interp, tup = dis.opmap["BUILD_INTERPOLATION"], dis.opmap["BUILD_TUPLE"]
+    offsets = [ins.offset for ins in dis.get_instructions(code) if ins.opcode == tup]
+    raw = bytearray(code.co_code)
+    for ordinal, oparg in hidden:
+        off = offsets[ordinal]
+        if raw[off + 1] != 2 + (oparg & 1):  # the stand-ins moved: never emit wrong code
+            raise RuntimeError(f"transparent_de: lost track of a template string in {code_qualname(code)}")
+        raw[off : off + 2] = bytes((interp, oparg))
+    return code.replace(co_code=bytes(raw))
+
+
 def _load_runtime(instr_cls: Any, loc: Any) -> Any:
-    arg: Any = (False, RUNTIME_NAME) if PY >= (3, 11) else RUNTIME_NAME
+    arg: Any = (False, RUNTIME_NAME) if facts().global_null_bit else RUNTIME_NAME
     return instr_cls("LOAD_GLOBAL", arg, location=loc)
 
 
 def _load_plain_attr(instr_cls: Any, key: str, loc: Any) -> Any:
-    arg: Any = (False, key) if PY >= (3, 12) else key
+    arg: Any = (False, key) if facts().attr_method_bit else key
     return instr_cls("LOAD_ATTR", arg, location=loc)
 
 
 def _swap(instr_cls: Any, loc: Any) -> Any:
-    if PY >= (3, 11):
-        return instr_cls("SWAP", 2, location=loc)
-    return instr_cls("ROT_TWO", location=loc)
+    if facts().swap == "ROT_TWO":
+        return instr_cls("ROT_TWO", location=loc)
+    return instr_cls("SWAP", 2, location=loc)
 
 
-def _call0(instr_cls: Any, loc: Any) -> list[Any]:
-    if PY >= (3, 12):
-        return [instr_cls("CALL", 0, location=loc)]
-    if PY == (3, 11):
-        return [instr_cls("PRECALL", 0, location=loc), instr_cls("CALL", 0, location=loc)]
-    return [instr_cls("CALL_METHOD", 0, location=loc)]
+def _call(instr_cls: Any, n: int, loc: Any, method: bool = False) -> list[Any]:
+    """A call of ``n`` arguments; on 3.10 ``method`` picks the "function plus self" form."""
+    if facts().call == "CALL":
+        return [instr_cls("CALL", n, location=loc)]
+    if facts().call == "PRECALL":
+        return [instr_cls("PRECALL", n, location=loc), instr_cls("CALL", n, location=loc)]
+    return [instr_cls("CALL_METHOD" if method else "CALL_FUNCTION", n, location=loc)]
 
 
 def method_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
@@ -96,7 +291,7 @@ def method_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
 
 def value_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
     """Replace a value-form load: ``[obj] -> [binder(obj)]`` (a callable that journals)."""
-    return method_template(instr_cls, key, loc) + _call0(instr_cls, loc)
+    return method_template(instr_cls, key, loc) + _call(instr_cls, 0, loc, method=True)
 
 
 def global_template(instr_cls: Any, key: str, name: str, pushes_null: bool, loc: Any) -> list[Any]:
@@ -104,26 +299,18 @@ def global_template(instr_cls: Any, key: str, name: str, pushes_null: bool, loc:
 
     The guard gets the global's current value (so monkeypatching still works) and returns it
     unchanged outside a flow, or a journaling wrapper inside one. Same net stack effect,
-    including the NULL slot (before the callable on 3.11/3.12, after it on 3.13).
+    including the NULL slot (before the callable on 3.11/3.12, after it on 3.13+).
     """
-    glob: Any = (False, name) if PY >= (3, 11) else name
+    glob: Any = (False, name) if facts().global_null_bit else name
     guard = [_load_runtime(instr_cls, loc), _load_plain_attr(instr_cls, key, loc)]
     value = instr_cls("LOAD_GLOBAL", glob, location=loc)
-    if PY >= (3, 13):
+    if facts().null_slot == "after":
         out = [*guard, instr_cls("PUSH_NULL", location=loc), value, *_call(instr_cls, 1, loc)]
         return out + ([instr_cls("PUSH_NULL", location=loc)] if pushes_null else [])
-    if PY >= (3, 11):
+    if facts().null_slot == "before":
         pre = [instr_cls("PUSH_NULL", location=loc)] if pushes_null else []
         return [*pre, instr_cls("PUSH_NULL", location=loc), *guard, value, *_call(instr_cls, 1, loc)]
-    return [*guard, value, instr_cls("CALL_FUNCTION", 1, location=loc)]
-
-
-def _call(instr_cls: Any, n: int, loc: Any) -> list[Any]:
-    if PY >= (3, 12):
-        return [instr_cls("CALL", n, location=loc)]
-    if PY == (3, 11):
-        return [instr_cls("PRECALL", n, location=loc), instr_cls("CALL", n, location=loc)]
-    return [instr_cls("CALL_FUNCTION", n, location=loc)]
+    return [*guard, value, *_call(instr_cls, 1, loc)]  # 3.10: no NULL slots at all
 
 
 def code_qualname(code: Any) -> str:
