@@ -128,3 +128,38 @@ def test_dill_alone_cannot_pickle_functions_where_co_lnotab_is_gone():
     with pytest.raises(AttributeError, match="co_lnotab"):
         dill.dumps(lambda: 0)
     assert S.decode(S.encode(lambda: 7))() == 7
+
+
+STABLE = (
+    "import datetime, enum, math, pathlib\n"
+    "class Color(enum.Enum):\n    RED = 1\n"
+    "VALUE = ((Color.RED, datetime.datetime(2026, 10, 7, 9, 30, tzinfo=datetime.timezone.utc), "
+    "datetime.date(2026, 1, 2), datetime.timedelta(hours=3), datetime.timezone(datetime.timedelta(hours=2)), "
+    "pathlib.PurePosixPath('/srv/a'), pathlib.Path('/tmp/x'), math), {'when': datetime.time(9, 30)})\n"
+    "from transparent_de._serialization import fingerprint\nprint(fingerprint(VALUE))\n"
+)
+
+
+def _interpreters() -> list[str]:
+    import glob
+
+    root = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+    found = [sys.executable]
+    for minor in ("3.10", "3.11", "3.12", "3.13"):
+        found += sorted(glob.glob(f"{root}/versions/{minor}.*/bin/python{minor}"))[-1:]
+    return found
+
+
+def test_fingerprints_of_version_dependent_types_agree_across_interpreters():
+    """Enum members, aware datetimes, timezones, paths and modules: their state differs between
+    CPython versions, their fingerprint must not (a journal resumed by another version)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = {}
+    for py in _interpreters():
+        env = {**os.environ, "PYTHONPATH": here}
+        p = subprocess.run([py, "-c", STABLE], env=env, capture_output=True, text=True)
+        if p.returncode == 0:  # an interpreter without bytecode/dill installed cannot import us: skip it
+            outs[py] = p.stdout.strip()
+        elif py == sys.executable:
+            raise AssertionError(p.stderr)
+    assert len(set(outs.values())) == 1, outs

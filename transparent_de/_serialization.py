@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import datetime
+import enum
 import hashlib
 import hmac
 import io
@@ -35,6 +37,7 @@ import socket
 import struct
 import sys
 import threading
+import types
 import zlib
 from collections.abc import Callable
 from importlib.util import MAGIC_NUMBER
@@ -391,10 +394,33 @@ def _walk(v: Any, out: Callable[[bytes], Any], seen: set[int], depth: int) -> No
         seen.add(id(v))
         out(b"S" + b",".join(sorted(_sub(x, seen, depth) for x in v)) + b")")
         seen.discard(id(v))
+    elif (stable := _stable_form(v)) is not None:
+        out(stable)
     elif callable(v) and hasattr(v, "__qualname__"):
         out(b"C" + getattr(v, "__module__", "?").encode() + b"." + v.__qualname__.encode())
     else:
         _walk_object(v, out, seen, depth)
+
+
+def _stable_form(v: Any) -> bytes | None:
+    """Canonical bytes for values whose state differs between CPython versions although the value
+    does not (an enum member's ``vars`` gained ``_sort_order_`` in 3.11, ``timezone``'s reduce
+    tuple grew, paths live in ``pathlib._local`` on 3.13, a module's namespace is the
+    interpreter's): so a journal resumed by another supported version matches its calls."""
+    if isinstance(v, enum.Enum):
+        return b"E" + _type_name(type(v)) + str(v.name).encode() + b";"
+    if isinstance(v, (datetime.date, datetime.time)):  # datetime is a date
+        return b"T" + _type_name(type(v)) + v.isoformat().encode() + b";"
+    if isinstance(v, datetime.timedelta):
+        return b"t" + float.hex(v.total_seconds()).encode() + b";"
+    if isinstance(v, datetime.tzinfo):
+        return b"z" + _type_name(type(v)) + repr(v.utcoffset(None)).encode() + str(v).encode() + b";"
+    if isinstance(v, types.ModuleType):
+        return b"M" + v.__name__.encode() + b";"
+    pathlib = sys.modules.get("pathlib")  # no path can exist before pathlib is imported
+    if pathlib is not None and isinstance(v, pathlib.PurePath):
+        return b"p" + type(v).__name__.encode() + b":" + str(v).encode("utf-8", "surrogateescape") + b";"
+    return None
 
 
 def _walk_object(v: Any, out: Callable[[bytes], Any], seen: set[int], depth: int) -> None:
