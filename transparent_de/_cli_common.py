@@ -25,7 +25,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-
 class UsageError(Exception):
     """Bad input: printed as one line on stderr, exit code 2."""
 

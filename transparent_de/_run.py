@@ -16,7 +16,6 @@ anything runs.
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 import time
 import traceback
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import _clock, _faults
 from . import _preview as preview
 from ._entries import canonical_call
+from ._exceptions import ExceptionRecord, record
 from ._marking import FlowSpec
 from ._serialization import EncodeError, fingerprint, signal_context, step_context
 from ._store.base import (
@@ -34,6 +34,7 @@ from ._store.base import (
     ConsumeSignal,
     Fence,
     Intent,
+    LeaseLost,
     Op,
     Retry,
     StepFailed,
@@ -48,6 +49,7 @@ from .errors import (
     NonDeterminismError,
     SerializationError,
     TransparentDEError,
+    UnsupportedPythonError,
     WaitTimeoutError,
 )
 
@@ -93,6 +95,17 @@ class RemoteError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteError, (self.type_name, self.message))
 
+
+#: Exceptions that interrupt a step rather than being its outcome: never journaled as a result.
+_INTERRUPTIONS = (
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+    EngineUnwind,
+    Park,
+    LeaseLost,
+    _faults.InjectedCrash,
+)
 
 _declaring: dict[tuple[type, str], str] = {}
 
@@ -143,6 +156,7 @@ class Run:
         self.counter = 0
         self.in_step = False
         self.active = True
+        self.poisoned: TransparentDEError | None = None  # set by a step called from another thread
         self.pending: list[Op] = []  # captured values not yet written: they ride with the next write
         self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
         self.codec = engine.codec
@@ -188,7 +202,7 @@ class Run:
             return None
         try:
             return self.codec.open(blob, self._ctx(step, kind), self._where(step))
-        except JournalError as exc:
+        except (JournalError, UnsupportedPythonError) as exc:  # not an outcome of the flow's code
             raise EngineUnwind(exc) from None
 
     def _next(self) -> int:
@@ -242,6 +256,8 @@ class Run:
 
         A journal error is an engine error, not a step's outcome: it unwinds the flow.
         """
+        if self.poisoned is not None:
+            raise EngineUnwind(self.poisoned)
         try:
             if self.pending:
                 self.store.commit(self.fence, [*self.pending, *ops], label)
@@ -258,7 +274,7 @@ class Run:
         except JournalError as exc:
             raise EngineUnwind(self._at_step(exc)) from None
 
-    def _at_step(self, exc: JournalError) -> JournalError:
+    def _at_step(self, exc: TransparentDEError) -> TransparentDEError:
         """The error, told which flow and step it stopped (I/O errors carry them in their message)."""
         if isinstance(exc, JournalIOError) and not exc.fields.get("flow_id"):
             return JournalIOError(
@@ -272,18 +288,25 @@ class Run:
         return exc
 
     def foreign_thread_call(self, name: str) -> None:
-        raise TransparentDEError(
+        """A step of this running flow called from another thread: refused there, and the flow
+        fails at its next journal write (it must not complete as if the step had not been called)."""
+        error = TransparentDEError(
             f"flow {self.spec.class_name} (id {self.flow_id}): step {name!r} was called from another "
             "thread than the flow's. Steps are numbered in call order, which threads make "
             "non-deterministic, so this call cannot be journaled. Call steps from flow code "
             "itself, and run concurrent work inside one step."
         )
+        if self.poisoned is None:
+            self.poisoned = error
+        raise error
 
     # ------------------------------------------------------------------ steps
 
     def call_step(self, obj: Any, name: str, site: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A step call from flow-level code: replay it, or journal and execute it."""
         __tracebackhide__ = True
+        if threading.get_ident() != self.thread:  # a context copied into another thread
+            self.foreign_thread_call(name)
         step = self._next()
         _faults.point("step.enter")
         cls_name = declaring_class(obj, name)
@@ -304,11 +327,12 @@ class Run:
         )
 
     def _replay_failure(self, step: int, row: StepRow) -> BaseException:
+        """The exception the step raised live, rebuilt as the flow saw it (see _exceptions)."""
         exc: Any = self._decode(row.error, step, b"e")
-        if not isinstance(exc, BaseException):
+        if isinstance(exc, ExceptionRecord):
+            exc = exc.rebuild()
+        elif not isinstance(exc, BaseException):
             exc = RemoteError("unknown", repr(exc))
-        if sys.version_info >= (3, 11):
-            exc.add_note(f"(replayed from the journal: flow {self.flow_id}, step {step})")
         self.failures[step] = exc
         result: BaseException = exc
         return result
@@ -345,7 +369,9 @@ class Run:
             self.in_step = True
             try:
                 result = call()
-            except Exception as exc:
+            except _INTERRUPTIONS:
+                raise  # not the step's outcome: the run is being interrupted
+            except BaseException as exc:
                 self.in_step = False
                 if tries <= spec.retries and isinstance(exc, spec.retry_on):
                     _faults.point("step.retry.before_backoff")
@@ -365,11 +391,18 @@ class Run:
 
     def _record_failure(self, step: int, name: str, exc: BaseException) -> None:
         """Journal a step's final exception: a replay re-raises it at the same point."""
+        rec = record(exc)
         try:
-            blob = self.codec.seal(exc, self._ctx(step, b"e"))
-        except EncodeError:
-            blob = self.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), self._ctx(step, b"e"))
+            blob = self.codec.seal(rec, self._ctx(step, b"e"))
+        except EncodeError:  # its type itself cannot be pickled (nor by dill)
+            blob = self.codec.seal(
+                record(RemoteError(type(exc).__qualname__, str(exc))), self._ctx(step, b"e")
+            )
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if rec.lost:
+            text += (
+                f"(replays keep the repr only of attribute(s) {', '.join(rec.lost)}: they do not pickle)\n"
+            )
         self.commit("step.error.mid_txn", StepFailed(step, blob, text, _clock.now_ms()))
         self.sync()
         _faults.point("step.error.after_commit")
@@ -528,7 +561,7 @@ class Run:
             old = signal_context(self.flow_id, name, seq)
             params = self.codec.reseal(payload, old, self._ctx(step, b"p"), where)
             args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
-        except JournalError as exc:
+        except (JournalError, UnsupportedPythonError) as exc:
             raise EngineUnwind(self._at_step(exc)) from None
         # Conditional on the signal being unconsumed; only this flow's owner (fenced) consumes it.
         self.commit("signal.deliver.mid_txn", ConsumeSignal(seq, step, params, _clock.now_ms()))

@@ -43,6 +43,7 @@ from ._entries import (
     resolve_class,
     spec_of,
 )
+from ._exceptions import ExceptionRecord, record
 from ._ownership import owner_alive
 from ._run import EngineUnwind, Park, RemoteError, Run
 from ._serialization import EncodeError, fingerprint, flow_context, step_context
@@ -60,7 +61,7 @@ from ._store.base import (
     Reopen,
     StepRow,
 )
-from ._trampoline import current_run
+from ._trampoline import ACTIVE, current_run
 from .errors import (
     CorruptJournalError,
     FlowBusyError,
@@ -292,10 +293,13 @@ class Runner:
         try:
             try:
                 token = current_run.set(run)
+                ACTIVE[id(obj)] = run
                 try:
                     result = fn(obj, *args, **kwargs)
                 finally:
                     current_run.reset(token)
+                    if ACTIVE.get(id(obj)) is run:
+                        del ACTIVE[id(obj)]
                 self._complete(run, result)
                 return result
             except Park as park:
@@ -352,9 +356,9 @@ class Runner:
         if spec.failure == "final" or failures >= cap:
             ctx = step_context(run.flow_id, 0, b"e")
             try:
-                blob = run.codec.seal(exc, ctx)
+                blob = run.codec.seal(record(exc), ctx)
             except EncodeError:
-                blob = run.codec.seal(RemoteError(type(exc).__qualname__, str(exc)), ctx)
+                blob = run.codec.seal(record(RemoteError(type(exc).__qualname__, str(exc))), ctx)
             run.commit("flow.fail.mid_txn", *ops, FlowFailed(blob, t, failures))
             run.sync()
             if run.background:
@@ -428,6 +432,8 @@ class Runner:
             return True, engine.codec.open(out.return_value, step_context(fid, 0, b"r"), where)
         if out.status == "FAILED":
             cause = engine.codec.open(out.error, step_context(fid, 0, b"e"), where) if out.error else None
+            if isinstance(cause, ExceptionRecord):
+                cause = cause.rebuild()
             err = FlowFailedError(
                 flow_id=fid,
                 flow_class=engine.store.flow_class(fid) or "",

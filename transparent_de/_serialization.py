@@ -396,6 +396,13 @@ def _walk(v: Any, out: Callable[[bytes], Any], seen: set[int], depth: int) -> No
         seen.discard(id(v))
     elif (stable := _stable_form(v)) is not None:
         out(stable)
+    elif isinstance(v, BaseException):
+        # Type, args and notes: what a replayed exception reproduces exactly (an attribute that
+        # does not pickle comes back as its repr, so attributes would not match).
+        seen.add(id(v))
+        out(b"X" + _type_name(t))
+        _walk((v.args, getattr(v, "__notes__", None)), out, seen, depth + 1)
+        seen.discard(id(v))
     elif callable(v) and hasattr(v, "__qualname__"):
         out(b"C" + getattr(v, "__module__", "?").encode() + b"." + v.__qualname__.encode())
     else:

@@ -83,6 +83,31 @@ def _is_step(run: Run, obj: Any, name: str) -> bool:
     return run.flow is obj and not run.in_step and name in run.steps
 
 
+#: Runs whose flow-level code is executing, by ``id`` of their flow object: a step call that
+#: finds no run in its context (another thread) but whose receiver is a running flow is caught.
+ACTIVE: dict[int, Run] = {}
+
+
+def _not_in_flow(obj: Any, name: str) -> None:
+    """A step-named call outside any run's context: refuse it if it is a running flow's step."""
+    run = ACTIVE.get(id(obj))
+    if run is not None and _is_step(run, obj, name):
+        run.foreign_thread_call(name)
+
+
+def _plain_or_captured(
+    run: Run | None, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Not a step of this run: a plain call, unless it is a captured function whose name a step
+    shares (a step called ``time`` must not make ``time.time()`` in the same class plain)."""
+    fn = getattr(obj, name)
+    if run is not None and not run.in_step and name in ND_ATTRS:
+        what = captured_name(fn)
+        if what is not None:
+            return run.capture(what, fn, args, kwargs)
+    return fn(*args, **kwargs)
+
+
 class BoundStep:
     """``self.step`` used as a value inside a flow: calling it journals the step.
 
@@ -99,7 +124,7 @@ class BoundStep:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run.get()
-        if run is None and self._run.active and not self._run.in_step:
+        if (run is None or run.thread != self._run.thread) and self._run.active and not self._run.in_step:
             self._run.foreign_thread_call(self._name)
         if run is not self._run or not _is_step(run, self._obj, self._name):
             return getattr(self._obj, self._name)(*args, **kwargs)
@@ -124,11 +149,15 @@ def _make(key: str) -> Callable[..., Any]:
 
     if kind == "s":
 
-        def step_trampoline(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        def step_trampoline(obj: Any, /, *args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True
             run = current_run.get()
-            if run is None or not _is_step(run, obj, name):
+            if run is None:
+                if ACTIVE:
+                    _not_in_flow(obj, name)
                 return getattr(obj, name)(*args, **kwargs)
+            if not _is_step(run, obj, name):
+                return _plain_or_captured(run, obj, name, args, kwargs)
             return run.call_step(obj, name, site, args, kwargs)
 
         return step_trampoline
@@ -137,15 +166,21 @@ def _make(key: str) -> Callable[..., Any]:
 
         def step_binder(obj: Any) -> Any:
             run = current_run.get()
-            if run is None or not _is_step(run, obj, name):
+            if run is None:
+                if ACTIVE:
+                    _not_in_flow(obj, name)
                 return getattr(obj, name)
+            if not _is_step(run, obj, name):
+                fn = getattr(obj, name)
+                what = captured_name(fn) if not run.in_step and name in ND_ATTRS else None
+                return fn if what is None else _CapturedCall(run, what, fn)
             return BoundStep(run, obj, name, site)
 
         return step_binder
 
     if kind == "n":
 
-        def capture_trampoline(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        def capture_trampoline(obj: Any, /, *args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True
             fn = getattr(obj, name)
             run = current_run.get()

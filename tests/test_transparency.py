@@ -1,0 +1,184 @@
+"""A journaled flow behaves like plain Python, or refuses loudly: caught exceptions replay as they
+were caught, steps called from other threads are refused, captured names stay captured."""
+
+from __future__ import annotations
+
+import pytest
+
+import transparent_de
+
+SOURCE = """
+import threading, time, random
+import transparent_de
+
+SEEN = []          # what flow code saw, on every run (flow-level code runs again on a replay)
+FAIL_LATER = [True]
+
+
+class Coded(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class HttpError(Exception):
+    def __init__(self, status):
+        super().__init__(f"status {status}")
+        self.status = status
+        self.lock = threading.Lock()  # an attribute that cannot be pickled
+
+
+class Gone(BaseException):
+    pass
+
+
+def describe(e):
+    chain = []
+    c = e
+    while c is not None:
+        chain.append((type(c).__name__, c.args))
+        c = c.__cause__ or c.__context__
+    return (type(e).__name__, str(e), e.args, sorted(k for k in vars(e) if k != "lock"),
+            getattr(e, "__notes__", None), chain, e.__suppress_context__)
+
+
+class Catcher:
+    __flow__ = "run"
+
+    def run(self):
+        out = []
+        for step in (self.coded, self.chained, self.noted, self.http, self.gone):
+            try:
+                step()
+            except HttpError as e:  # the type must survive, or this clause would not match
+                SEEN.append(describe(e))
+                out.append(self.echo(_serialization_fp(e)))
+            except BaseException as e:
+                SEEN.append(describe(e))
+                out.append(self.echo(_serialization_fp(e)))
+        self.later()
+        return out
+
+    def coded(self):
+        raise Coded(404, "not found")
+
+    def chained(self):
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            raise ValueError("outer") from inner
+
+    def noted(self):
+        e = RuntimeError("with a note")
+        e.add_note("look here") if hasattr(e, "add_note") else None
+        raise e
+
+    def http(self):
+        raise HttpError(503)
+
+    def gone(self):
+        raise Gone("a BaseException the flow catches")
+
+    def echo(self, fp):
+        return fp
+
+    def later(self):
+        if FAIL_LATER[0]:
+            raise OSError("the first run fails here, after catching everything")
+        return None
+
+
+def _serialization_fp(e):
+    from transparent_de._serialization import fingerprint
+    return fingerprint(e)
+
+
+class Clocky:
+    __flow__ = "run"
+
+    def run(self):
+        return [self.time(), time.time(), self.sleep(), random.random()]
+
+    def time(self):          # a step named like a captured function
+        return "step-time"
+
+    def sleep(self):
+        return "step-sleep"
+
+
+class Threaded:
+    __flow__ = "run"
+
+    def run(self, how):
+        if how == "executor":
+            with __import__("concurrent.futures").futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(lambda: self.work(1)).result()
+        if how == "thread":
+            box = []
+            t = threading.Thread(target=lambda: box.append(self._helper()))
+            t.start(); t.join()
+            return self.work(2)
+        return self.work(3)
+
+    def _helper(self):
+        try:
+            return self.work(9)
+        except Exception as e:
+            return repr(e)
+
+    def work(self, x):
+        return x * 10
+
+
+class Keyword:
+    __flow__ = "run"
+
+    def run(self):
+        return self.step(obj=1, self_=2)
+
+    def step(self, obj, self_):
+        return obj + self_
+"""
+
+
+def test_a_caught_step_exception_replays_exactly_as_it_was_caught(engine, flow_module):
+    m = flow_module(SOURCE)
+    with pytest.raises(OSError):
+        transparent_de.run(m.Catcher().run, flow_id="catch")
+    live = list(m.SEEN)
+    m.SEEN.clear()
+    m.FAIL_LATER[0] = False
+    replayed_result = transparent_de.run(m.Catcher().run, flow_id="catch")
+    assert live == m.SEEN  # type, message, args, attributes, notes, chain: identical
+    assert live[0][0] == "Coded" and live[0][3] == ["code"]  # __init__ with other args: rebuilt
+    assert live[3][0] == "HttpError"  # an unpicklable attribute: the type still matches
+    assert live[4][0] == "Gone"  # a BaseException the flow caught is an outcome too
+    assert live[1][5] == [("ValueError", ("outer",)), ("KeyError", ("inner",))]
+    # The fingerprints the flow passed to echo() are the same, so the replay matched its steps.
+    steps = [s for s in engine.steps("catch") if s.method_name == "echo"]
+    assert len(steps) == 5 and all(s.attempts == 1 for s in steps)
+    assert len(replayed_result) == 5
+
+
+def test_captured_functions_stay_captured_next_to_steps_with_their_names(engine, flow_module):
+    m = flow_module(SOURCE)
+    first = transparent_de.run(m.Clocky().run, flow_id="clk")
+    assert first[0] == "step-time" and first[2] == "step-sleep" and isinstance(first[1], float)
+    kinds = [(s.kind, s.method_name) for s in engine.steps("clk")][1:]
+    assert kinds == [("step", "time"), ("capture", "time"), ("step", "sleep"), ("capture", "random")]
+
+
+@pytest.mark.parametrize("how", ["executor", "thread"])
+def test_a_step_called_from_another_thread_fails_the_flow(engine, flow_module, how):
+    m = flow_module(SOURCE)
+    with pytest.raises(transparent_de.TransparentDEError, match="another thread"):
+        transparent_de.run(m.Threaded().run, how, flow_id=f"th-{how}")
+    status = engine.store.status(f"th-{how}")
+    assert status == "PENDING"  # not COMPLETE without the step
+    assert transparent_de.run(m.Threaded().run, "inline", flow_id="th-ok") == 30
+
+
+def test_a_keyword_named_obj_reaches_the_step(engine, flow_module):
+    m = flow_module(SOURCE)
+    assert transparent_de.run(m.Keyword().run, flow_id="kw") == 3
+    assert m.Keyword().step(obj=1, self_=2) == 3  # and outside a flow
