@@ -182,3 +182,74 @@ def test_a_keyword_named_obj_reaches_the_step(engine, flow_module):
     m = flow_module(SOURCE)
     assert transparent_de.run(m.Keyword().run, flow_id="kw") == 3
     assert m.Keyword().step(obj=1, self_=2) == 3  # and outside a flow
+
+
+PARKING = """
+import time
+import transparent_de
+
+EVENTS = []
+
+
+class Guard:
+    def __enter__(self):
+        EVENTS.append("enter")
+        return self
+
+    def __exit__(self, *exc):
+        EVENTS.append("exit")
+        return False
+
+
+class Booking:
+    __flow__ = "run"
+
+    def run(self, how):
+        self.reserve()
+        if how == "finally":
+            try:
+                time.sleep(0.6)
+            finally:
+                EVENTS.append("release")  # plain Python runs this once, after the sleep
+        elif how == "with":
+            with Guard():
+                time.sleep(0.6)
+        elif how == "except-valueerror":
+            try:
+                time.sleep(0.6)
+            except ValueError:
+                EVENTS.append("never")
+        else:
+            time.sleep(0.6)
+        return self.charge()
+
+    def reserve(self):
+        return "r"
+
+    def confirm(self, x):
+        return x
+
+    def charge(self):
+        EVENTS.append("charge")
+        return "c"
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "parks", "events"),
+    [
+        ("finally", False, ["release", "charge"]),
+        ("with", False, ["enter", "exit", "charge"]),
+        ("except-valueerror", True, ["charge"]),
+        ("plain", True, ["charge"]),
+    ],
+)
+def test_parking_never_runs_the_flows_cleanup_code(engine, flow_module, how, parks, events):
+    """A background flow parks (unwinds, releasing its thread) only where unwinding would run no
+    code of the flow; around a finally or a with it waits in its thread, as plain Python would."""
+    m = flow_module(PARKING)
+    handle = transparent_de.start(m.Booking().run, how, flow_id=f"park-{how}")
+    assert handle.result(timeout=20) == "c"
+    assert events == m.EVENTS  # each cleanup ran once, where the plain program runs it
+    claims = engine.steps(f"park-{how}")[0].attempts  # start() + the run's claim: 2; a resume: 3
+    assert claims == (3 if parks else 2)

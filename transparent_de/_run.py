@@ -16,6 +16,9 @@ anything runs.
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import sys
 import threading
 import time
 import traceback
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
 from . import _preview as preview
+from . import _versions as V
 from ._entries import canonical_call
 from ._exceptions import ExceptionRecord, record
 from ._marking import FlowSpec
@@ -96,6 +100,10 @@ class RemoteError(Exception):
         return (RemoteError, (self.type_name, self.message))
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_DRIVE: Any = None  # Runner._drive's code: where flow code's frames end (set by _runner)
+log = logging.getLogger("transparent_de")
+
 #: Exceptions that interrupt a step rather than being its outcome: never journaled as a result.
 _INTERRUPTIONS = (
     KeyboardInterrupt,
@@ -152,6 +160,7 @@ class Run:
         self.background = background
         self.woken = woken  # a journaled deadline the scheduler found due (see _time_left)
         self.failures_before = failures  # failed runs in a row before this one
+        self._parkable: tuple[int, bool] | None = None  # (step, may park there), see _may_park
         self.progressed = False  # a step completed in this run (which ends a streak of failures)
         self.counter = 0
         self.in_step = False
@@ -169,6 +178,27 @@ class Run:
         if not self.codec.signing:
             return b""
         return step_context(self.flow_id, step, kind)
+
+    def _may_park(self) -> bool:
+        """May this flow unwind to park here? Not if that would run code of the flow that the
+        plain program would not run at this point (a ``finally``, a ``with`` exit, an ``except``
+        that catches everything, in any frame of flow code): then the flow waits in its thread
+        instead, as plain Python would (it keeps a pool thread while it waits)."""
+        if self._parkable is not None and self._parkable[0] == self.counter:
+            return self._parkable[1]
+        frame = sys._getframe(1)
+        ok = True
+        while frame is not None and frame.f_code is not _DRIVE:
+            if not frame.f_code.co_filename.startswith(_PACKAGE) and V.unwinding_runs_code(frame, Park):
+                ok = False
+                log.info(
+                    "flow %s waits in its thread at %s:%d: a handler there would run if it parked",
+                    self.flow_id, frame.f_code.co_filename, frame.f_lineno,
+                )  # fmt: skip
+                break
+            frame = frame.f_back  # type: ignore[assignment]
+        self._parkable = (self.counter, ok)
+        return ok
 
     def _time_left(self, deadline: int, length: int) -> float:
         """Seconds until a journaled wall-clock deadline of a sleep or wait ``length`` ms long.
@@ -462,7 +492,7 @@ class Run:
             )
         remaining = self._time_left(deadline, delay)
         if remaining > 0:
-            if self.background and remaining * 1000 > self.engine.park_after_ms:
+            if self.background and remaining * 1000 > self.engine.park_after_ms and self._may_park():
                 raise Park(wake_at=deadline, waiting_for=None, after=remaining)
             _real_sleep(remaining)
         _faults.point("sleep.wake.before_commit")
@@ -536,7 +566,11 @@ class Run:
                 exc = WaitTimeoutError(flow_id=self.flow_id, step=name, timeout=timeout or 0.0)
                 self._record_failure(step, name, exc)
                 raise exc
-            if self.background and (left is None or left * 1000 > self.engine.park_after_ms):
+            if (
+                self.background
+                and (left is None or left * 1000 > self.engine.park_after_ms)
+                and self._may_park()
+            ):
                 raise Park(None if length is None else started + length, name, left)
             if not shown_waiting:  # a caller blocked here: say so in the journal (list, --status)
                 self.commit("signal.wait.mid_txn", Waiting(name, _clock.now_ms()))

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
 from . import _preview as preview
+from . import _run as _run_module
 from ._entries import (
     REBUILD,
     bind_entry,
@@ -444,6 +445,9 @@ class Runner:
         if out.status == "CANCELLED":
             return False, FlowCancelledError(flow_id=fid)
         return None
+
+
+_run_module._DRIVE = Runner._drive.__code__  # flow code's frames end here (see Run._may_park)
 
 
 def _escaped_step(run: Run, exc: BaseException) -> int | None:

@@ -316,3 +316,130 @@ def global_template(instr_cls: Any, key: str, name: str, pushes_null: bool, loc:
 def code_qualname(code: Any) -> str:
     """``co_qualname`` where it exists (3.11+), ``co_name`` before."""
     return str(getattr(code, "co_qualname", code.co_name))
+
+
+# --------------------------------------------------------------------------- handlers around a call
+
+
+def unwinding_runs_code(frame: Any, exc_type: type[BaseException]) -> bool:
+    """Would an ``exc_type`` raised at ``frame``'s current instruction run code of this frame
+    before leaving it (an ``except`` that matches it, a ``finally``, a ``with`` exit)?
+
+    Parking unwinds a flow with a ``BaseException``; a flow must not run cleanup code the plain
+    program would not have run there (and again on resume), so it parks only where this is
+    False in every frame of flow code. Handlers made only of typed ``except`` clauses whose
+    classes are resolved here and do not catch ``exc_type`` are skipped (the common
+    ``try: ... except ValueError:``); any other handler, or a clause this cannot resolve,
+    counts as running code: the conservative answer.
+    """
+    import dis
+
+    code, offset = frame.f_code, frame.f_lasti
+    instrs = list(dis.get_instructions(code))
+    at = {i.offset: n for n, i in enumerate(instrs)}
+    for _ in range(32):  # each round: the handler around offset, then where it re-raises
+        target = _handler_target(code, instrs, offset)
+        if target is None:
+            return False
+        reraise = _typed_clauses_reraise(frame, instrs, at, target, exc_type)
+        if reraise is None:
+            return True
+        offset = reraise
+    return True
+
+
+def _handler_target(code: CodeType, instrs: list[Any], offset: int) -> int | None:
+    """The offset of the innermost handler protecting ``offset`` (None: not protected)."""
+    if PY >= (3, 11):
+        import dis
+
+        for entry in getattr(dis.Bytecode(code), "exception_entries", ()):
+            if entry.start <= offset < entry.end:
+                return int(entry.target)
+        return None
+    # 3.10: SETUP_FINALLY/SETUP_WITH protect from themselves to their handler (the block's end).
+    best: int | None = None
+    for ins in instrs:
+        setup = ins.opname in ("SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH")
+        if setup and ins.offset < offset < ins.argval and (best is None or ins.argval < best):
+            best = ins.argval
+    return best
+
+
+_CLAUSE_START = "PUSH_EXC_INFO" if PY >= (3, 11) else "DUP_TOP"
+_MATCH_JUMPS = ("POP_JUMP_IF_FALSE", "POP_JUMP_FORWARD_IF_FALSE")
+
+
+def _typed_clauses_reraise(
+    frame: Any, instrs: list[Any], at: dict[int, int], target: int, exc_type: type[BaseException]
+) -> int | None:
+    """If the handler at ``target`` is typed ``except`` clauses none of which catches
+    ``exc_type``, the offset where it re-raises; else None (it would run code)."""
+    n = at.get(target)
+    if n is None:
+        return None
+    cleanup = [i.opname for i in instrs[n : n + 3]]
+    if cleanup == ["COPY", "POP_EXCEPT", "RERAISE"]:  # 3.11+: restores the exception state only
+        return int(instrs[n + 2].offset)
+    if instrs[n].opname != _CLAUSE_START:
+        return None  # a finally or a with exit: code runs
+    n += 1 if PY >= (3, 11) else 0
+    for _ in range(64):  # clause after clause
+        if PY < (3, 11):
+            if instrs[n].opname == "RERAISE":
+                return int(instrs[n].offset)
+            if instrs[n].opname != "DUP_TOP":
+                return None
+            n += 1
+        elif instrs[n].opname == "RERAISE":
+            return int(instrs[n].offset)
+        values: list[Any] = []
+        while instrs[n].opname not in ("CHECK_EXC_MATCH", "JUMP_IF_NOT_EXC_MATCH"):
+            if not _push_value(frame, instrs[n], values):
+                return None
+            n += 1
+        caught = values[-1] if values else None
+        classes = caught if isinstance(caught, tuple) else (caught,)
+        if not all(isinstance(c, type) and not issubclass(exc_type, c) for c in classes):
+            return None  # it catches exc_type, or we cannot tell
+        jump = instrs[n] if instrs[n].opname == "JUMP_IF_NOT_EXC_MATCH" else instrs[n + 1]
+        if jump.opname not in (*_MATCH_JUMPS, "JUMP_IF_NOT_EXC_MATCH"):
+            return None
+        n = at.get(jump.argval, -1)
+        if n < 0:
+            return None
+    return None
+
+
+def _push_value(frame: Any, ins: Any, values: list[Any]) -> bool:
+    """Evaluate one instruction of an ``except`` clause's class expression (names, attributes,
+    tuples); False for anything else."""
+    import builtins
+
+    name = ins.opname
+    if name in ("LOAD_GLOBAL", "LOAD_NAME"):
+        key = ins.argval
+        if key in frame.f_globals:
+            values.append(frame.f_globals[key])
+        elif hasattr(builtins, key):
+            values.append(getattr(builtins, key))
+        else:
+            return False
+    elif name in ("LOAD_FAST", "LOAD_DEREF", "LOAD_FAST_BORROW", "LOAD_FAST_CHECK"):
+        if ins.argval not in frame.f_locals:
+            return False
+        values.append(frame.f_locals[ins.argval])
+    elif name == "LOAD_ATTR" and values:
+        try:
+            values.append(getattr(values.pop(), ins.argval))
+        except AttributeError:
+            return False
+    elif name == "BUILD_TUPLE" and len(values) >= ins.arg:
+        items = tuple(values[len(values) - ins.arg :])
+        del values[len(values) - ins.arg :]
+        values.append(items)
+    elif name in ("PUSH_NULL", "CACHE", "NOP"):
+        pass
+    else:
+        return False
+    return True
