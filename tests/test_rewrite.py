@@ -465,7 +465,8 @@ def test_classmethod_staticmethod_property(engine, flow_module):
             LOG.append(("step", x))
             return x * 2
     """
-    result, _, names = four_ways(engine, flow_module, body, (2,))
+    with pytest.warns(UserWarning, match=r"make \(classmethod\), pure \(staticmethod\) are callable but not"):
+        result, _, names = four_ways(engine, flow_module, body, (2,))
     assert result == [3, 6, 200, 4, 2]
     assert names == ["step", "step"]  # the property's step call is flow code too
 
@@ -600,10 +601,10 @@ def test_generator_and_async_entries(engine, flow_module):
     assert m.LOG == []
 
 
-# --------------------------------------------------------------------------- not intercepted
+# --------------------------------------------------------------------------- every path to a step
 
 
-def test_shapes_not_intercepted_run_plainly(engine, flow_module):
+def test_every_path_to_a_step_is_journaled(engine, flow_module):
     body = """
     class Base:
         def step(self, x):
@@ -622,8 +623,10 @@ def test_shapes_not_intercepted_run_plainly(engine, flow_module):
     """
     result, _log, names = four_ways(engine, flow_module, body, (1,))
     assert result == [-1, -2, 3, -4]
-    # Documented behaviour: only the plain `self.step(...)` shape is journaled.
-    assert names == ["step"]
+    # getattr, the class attribute, super() into a base that is not a flow, and the plain call.
+    assert names == ["step", "step", "step", "step"]
+    owners = [s.class_name.rsplit(".", 1)[-1] for s in engine.steps(engine.flows()[0].flow_id)][1:]
+    assert owners == ["F", "F", "Base", "F"]
 
 
 # --------------------------------------------------------------------------- stdlib robustness

@@ -253,3 +253,68 @@ def test_parking_never_runs_the_flows_cleanup_code(engine, flow_module, how, par
     assert events == m.EVENTS  # each cleanup ran once, where the plain program runs it
     claims = engine.steps(f"park-{how}")[0].attempts  # start() + the run's claim: 2; a resume: 3
     assert claims == (3 if parks else 2)
+
+
+STATE = """
+import random, threading, time
+
+class Setup:
+    __flow__ = "run"
+
+    def __init__(self):
+        self.lock = threading.Lock()  # this object cannot be pickled
+
+    def run(self, how):
+        if how == "self":
+            return self.configure().finish()
+        if how == "mutate":
+            items = []
+            self.fill(items)
+            return items
+        if how == "entropy":
+            return [random.gammavariate(2.0, 1.0), random.betavariate(2, 3), time.process_time()]
+        if how == "system":
+            return random.SystemRandom().random()
+        if how == "sleep-neg":
+            time.sleep(-1)
+        if how == "sleep-str":
+            time.sleep("1")
+        return None
+
+    def configure(self):
+        return self
+
+    def finish(self):
+        return "done"
+
+    def fill(self, items):
+        items.append(1)
+        return len(items)
+"""
+
+
+def test_replay_losses_are_refused_or_said(engine, flow_module, caplog):
+    import logging
+
+    m = flow_module(STATE)
+    caplog.set_level(logging.WARNING, logger="transparent_de")
+    with pytest.raises(transparent_de.TransparentDEError, match="returned the flow object itself"):
+        transparent_de.run(m.Setup().run, "self", flow_id="st-self")
+    assert transparent_de.run(m.Setup().run, "mutate", flow_id="st-mut") == [1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot be pickled" in t and "Setup()" in t for t in messages)  # rebuilt with cls() on recover
+    assert any("changed its arguments" in t and "fill" in t for t in messages)
+    with pytest.raises(transparent_de.TransparentDEError, match="SystemRandom"):
+        transparent_de.run(m.Setup().run, "system", flow_id="st-sys")
+
+
+def test_more_entropy_is_captured_and_sleep_arguments_are_checked(engine, flow_module):
+    m = flow_module(STATE)
+    first = transparent_de.run(m.Setup().run, "entropy", flow_id="st-ent")
+    kinds = [(s.kind, s.method_name) for s in engine.steps("st-ent")][1:]
+    assert kinds == [("capture", "gammavariate"), ("capture", "betavariate"), ("capture", "process_time")]
+    assert transparent_de.run(m.Setup().run, "entropy", flow_id="st-ent") == first
+    with pytest.raises(ValueError, match="non-negative"):
+        transparent_de.run(m.Setup().run, "sleep-neg", flow_id="st-neg")
+    with pytest.raises(TypeError, match="'str' object cannot be interpreted"):
+        transparent_de.run(m.Setup().run, "sleep-str", flow_id="st-str")

@@ -6,7 +6,7 @@ An :class:`Engine` owns a :class:`~._store.base.Store` (the journal), a
 :class:`~._scheduler.Scheduler` (the background pool, parked flows, lease renewal).
 
 Parking: a flow run in the background (``start``, ``recover``, the worker) that must wait
-longer than ``park_after`` seconds unwinds with :class:`~._run.Park`; its row in ``flows``
+longer than ``park_after`` seconds unwinds with :class:`~._unwind.Park`; its row in ``flows``
 gets ``wake_at`` / ``waiting_for`` and no owner, and the scheduler resumes it (a replay from
 the journal) when due or signalled. Sleeping flows cost no threads.
 """
@@ -71,6 +71,38 @@ class WorkerReport:
     @property
     def ok(self) -> bool:
         return not (self.failed or self.failing or self.failed_runs)
+
+
+def _check_signal(
+    engine: Engine, flow_id: str, step: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Refuse, before storing it, a signal nothing can take: to an unknown or finished flow, to a
+    name that is not one of its steps (or is its entry), or with arguments the step cannot take."""
+    if not isinstance(step, str) or not step.isidentifier():
+        raise SignalError(flow_id=flow_id, step=repr(step), reason="a step name is a Python identifier")
+    store = engine.store
+    status = store.status(flow_id)
+    if status is None:
+        raise FlowNotFoundError(flow_id=flow_id, path=store.path)
+    if status in TERMINAL:
+        raise SignalError(
+            flow_id=flow_id, step=step, reason=f"the flow is {status}; nothing will wait for it"
+        )
+    ident = engine.runner.identity(flow_id)  # verified before anything is imported
+    if step == ident.method:
+        raise SignalError(
+            flow_id=flow_id, step=step, reason=f"{step!r} is the flow's entry, not a step it can wait for"
+        )
+    cls = resolve_class(ident.module, ident.qualname, required=False)
+    spec = cls.__dict__.get("__tde_spec__") if cls is not None else None
+    if isinstance(spec, FlowSpec):
+        if step not in spec.steps:
+            raise SignalError(
+                flow_id=flow_id,
+                step=step,
+                reason=f"{ident.qualname} has no step named {step!r} (steps: {sorted(spec.steps)})",
+            )
+        _bind_signal(flow_id, cls, step, args, kwargs)
 
 
 def _bind_signal(flow_id: str, cls: type, step: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -177,7 +209,7 @@ class Engine:
                 if self._pid != os.getpid():
                     self._reset()
                 if self._store is None:
-                    self._codec = Codec(self._resolve_key())
+                    self._codec = Codec(_resolve_key(self._key_option))
                     self._store = open_store(self.database, self.durability, self.busy_timeout, self.readonly)
                     if not self.readonly and not self._codec.signing:
                         _warn_unsigned(self._store.path)
@@ -189,14 +221,6 @@ class Engine:
         _ = self.store
         assert self._codec is not None
         return self._codec
-
-    def _resolve_key(self) -> bytes | None:
-        option = self._key_option
-        if option is True:
-            return key_from_env()
-        if option is None or option is False:
-            return None
-        return option.encode() if isinstance(option, str) else bytes(option)
 
     @property
     def owner(self) -> str:
@@ -303,31 +327,8 @@ class Engine:
         Stored in the journal first: a signal sent before the flow waits, or while no process
         runs it, is kept and consumed by the next wait for that step, in order.
         """
-        if not isinstance(step, str) or not step.isidentifier():
-            raise SignalError(flow_id=flow_id, step=repr(step), reason="a step name is a Python identifier")
         store = self.store
-        status = store.status(flow_id)
-        if status is None:
-            raise FlowNotFoundError(flow_id=flow_id, path=store.path)
-        if status in TERMINAL:
-            raise SignalError(
-                flow_id=flow_id, step=step, reason=f"the flow is {status}; nothing will wait for it"
-            )
-        ident = self.runner.identity(flow_id)  # verified before anything is imported
-        if step == ident.method:
-            raise SignalError(
-                flow_id=flow_id, step=step, reason=f"{step!r} is the flow's entry, not a step it can wait for"
-            )
-        cls = resolve_class(ident.module, ident.qualname, required=False)
-        spec = cls.__dict__.get("__tde_spec__") if cls is not None else None
-        if isinstance(spec, FlowSpec):
-            if step not in spec.steps:
-                raise SignalError(
-                    flow_id=flow_id,
-                    step=step,
-                    reason=f"{ident.qualname} has no step named {step!r} (steps: {sorted(spec.steps)})",
-                )
-            _bind_signal(flow_id, cls, step, args, kwargs)
+        _check_signal(self, flow_id, step, args, kwargs)
         codec = self.codec
 
         def seal(seq: int) -> bytes:  # the payload is bound to its row, so it is sealed once the row exists
@@ -405,7 +406,7 @@ class Engine:
             seen.update(h.id for h in handles)
             if until_idle:
                 runnable = [
-                    h for h in handles if h.id not in self.refused and not h.done() and self._runnable(h.id)
+                    h for h in handles if h.id not in self.refused and not h.done() and _runnable(self, h.id)
                 ]
                 if not runnable and not self._active:
                     break
@@ -418,14 +419,24 @@ class Engine:
             failed_runs=self.failed_runs - failed_before,
         )
 
-    def _runnable(self, fid: str) -> bool:
-        state = self.store.wait_state(fid)
-        if state is None or state.status not in UNFINISHED:
-            return False
-        if state.waiting_for is not None:
-            return bool(self.store.signalled([fid]))
-        return not state.wake_at or state.wake_at <= _clock.now_ms() + self.park_after_ms
-
     def _wait_for_signal_event(self, seconds: float) -> None:
         with self._signal_cv:
             self._signal_cv.wait(max(0.0, seconds))
+
+
+def _runnable(engine: Engine, fid: str) -> bool:
+    state = engine.store.wait_state(fid)
+    if state is None or state.status not in UNFINISHED:
+        return False
+    if state.waiting_for is not None:
+        return bool(engine.store.signalled([fid]))
+    return not state.wake_at or state.wake_at <= _clock.now_ms() + engine.park_after_ms
+
+
+def _resolve_key(option: str | bytes | bool | None) -> bytes | None:
+    """The signing key an engine's ``hmac_key`` option means (True: the environment's)."""
+    if option is True:
+        return key_from_env()
+    if option is None or option is False:
+        return None
+    return option.encode() if isinstance(option, str) else bytes(option)

@@ -187,3 +187,23 @@ def bind_entry(
     except TypeError as exc:
         cls = type(obj)
         raise FlowArgumentsError(flow_class=qualified(cls), method=name, detail=str(exc)) from None
+
+
+_declaring: dict[tuple[type, str], str] = {}
+
+
+def declaring_class(obj: Any, name: str) -> str:
+    """``module.Qualname`` of the class in ``obj``'s MRO that defines ``name`` (cached: hot path)."""
+    key = (type(obj), name)
+    found = _declaring.get(key)
+    if found is None:
+        found = _declaring[key] = _find_declaring(type(obj), name)
+    return found
+
+
+def _find_declaring(cls: type, name: str) -> str:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            owner = getattr(vars(klass)[name], "__tde_owner__", None)  # a step guard: where its function is
+            return owner or f"{klass.__module__}.{klass.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -87,3 +87,65 @@ def enable() -> None:
     current: Any = builtins.__build_class__
     if current is not _guarded_build_class:
         builtins.__build_class__ = _guarded_build_class  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------- step guards
+
+
+def guard_steps(cls: type, steps: frozenset[str], entries: frozenset[str]) -> list[str]:
+    """Put a guard on every step function of a flow class, so that a step called on the running
+    flow from flow-level code is journaled whatever path the call took: the rewritten call
+    site, ``getattr(self, "step")``, ``super().step()``, ``Flow.step(self)``, a bound step
+    kept in a dict, ``operator.methodcaller``, ``weakref.proxy(self).step()``. Outside a flow,
+    and inside a step, a guard is a plain call.
+
+    Returns the public attributes that are callable but not plain methods (cache wrappers,
+    ``partialmethod``, static and class methods ...): their calls are not steps.
+    """
+    from ._trampoline import ACTIVE, _not_in_flow, current_run
+
+    unjournaled = []
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        raw = inspect.getattr_static(cls, name)
+        if name in steps and name not in entries:
+            # Every class of the MRO defining the step (super().step() reaches a base's): guards
+            # are inert outside a flow, so a base shared with other classes is unaffected.
+            for klass in cls.__mro__[:-1]:
+                fn = vars(klass).get(name)
+                if inspect.isfunction(fn) and not hasattr(fn, "__tde_step__"):
+                    type.__setattr__(
+                        klass, name, _step_guard(klass, name, fn, current_run, ACTIVE, _not_in_flow)
+                    )
+        elif (
+            name not in steps
+            and name not in entries
+            and not isinstance(raw, property)
+            and not inspect.isclass(raw)
+            and not inspect.iscoroutinefunction(raw)
+            and not inspect.isasyncgenfunction(raw)
+            and not inspect.isgeneratorfunction(raw)
+            and callable(getattr(raw, "__func__", raw))
+        ):
+            unjournaled.append(f"{name} ({type(raw).__name__})")
+    return unjournaled
+
+
+def _step_guard(owner: type, name: str, fn: Any, current_run: Any, active: Any, not_in_flow: Any) -> Any:
+    owner_name = f"{owner.__module__}.{owner.__qualname__}"
+
+    @functools.wraps(fn)
+    def step(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        run = current_run.get()
+        if run is not None:
+            if run.flow is self and not run.in_step and name in run.steps:
+                return run.call_step(self, name, "", args, kwargs, fn, owner_name)
+        elif active:
+            not_in_flow(self, name)
+        return fn(self, *args, **kwargs)
+
+    step.__tde_step__ = fn  # type: ignore[attr-defined]
+    step.__tde_owner__ = owner_name  # type: ignore[attr-defined]
+    return step

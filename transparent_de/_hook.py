@@ -303,6 +303,14 @@ def finalize_class(
         )
     for name in spec.entries:
         _wrap_entry(cls, name)
+    plain = _guard.guard_steps(cls, spec.steps, spec.entries)
+    if plain:
+        warnings.warn(
+            f"flow {spec.class_name}: {', '.join(plain)} are callable but not plain methods, so their calls "
+            "are not journaled steps: at flow level they run again on every replay. Make them plain "
+            "methods (steps), or name them _like_this (helpers).",
+            stacklevel=2,
+        )
     type.__setattr__(cls, "__tde_spec__", spec)
     return spec
 
@@ -331,7 +339,11 @@ def _wrap_entry(cls: type, name: str) -> None:
         __tracebackhide__ = True
         run = current_run.get()
         if run is not None:
-            if run.flow is self or run.in_step:
+            if run.in_step:
+                return original(self, *args, **kwargs)
+            if run.flow is self:  # another entry of the running flow: a step; its own (super()): inline
+                if name in run.steps and name != run.entry:
+                    return run.call_step(self, name, "", args, kwargs, original)
                 return original(self, *args, **kwargs)
             return run.child_flow(self, name, args, kwargs, original)
         from . import _api

@@ -15,27 +15,21 @@ anything runs.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _faults
+from . import _clock, _faults, _waits
 from . import _preview as preview
-from . import _versions as V
-from ._entries import canonical_call
+from ._entries import canonical_call, declaring_class
 from ._exceptions import ExceptionRecord, record
 from ._marking import FlowSpec
-from ._serialization import EncodeError, fingerprint, signal_context, step_context
+from ._serialization import EncodeError, fingerprint, is_flat, step_context
 from ._store.base import (
-    Captured,
     Complete,
-    ConsumeSignal,
     Fence,
     Intent,
     LeaseLost,
@@ -44,9 +38,8 @@ from ._store.base import (
     StepFailed,
     StepRow,
     Store,
-    Waiting,
 )
-from ._trampoline import current_run
+from ._unwind import EngineUnwind, Park, RemoteError
 from .errors import (
     JournalError,
     JournalIOError,
@@ -54,7 +47,6 @@ from .errors import (
     SerializationError,
     TransparentDEError,
     UnsupportedPythonError,
-    WaitTimeoutError,
 )
 
 if TYPE_CHECKING:
@@ -63,45 +55,7 @@ if TYPE_CHECKING:
 _real_sleep = time.sleep
 
 
-class Park(BaseException):
-    """Unwinds a background flow that waits long: its thread is released, the scheduler resumes it.
-
-    A ``BaseException`` so that ``except Exception`` in flow code cannot swallow it.
-    ``wake_at`` is the journaled wall-clock deadline, ``after`` the seconds left as this
-    process measured them (the scheduler times the wake-up on its monotonic clock).
-    """
-
-    def __init__(self, wake_at: int | None, waiting_for: str | None, after: float | None = None) -> None:
-        super().__init__(f"flow parked (wake_at={wake_at}, waiting_for={waiting_for})")
-        self.wake_at = wake_at
-        self.waiting_for = waiting_for
-        self.after = after
-
-
-class EngineUnwind(BaseException):
-    """An engine error met inside flow code (journal I/O, a damaged or unverifiable journal,
-    non-determinism): it unwinds the flow past the flow's own ``except`` clauses, which must
-    not take it for a step's outcome, and the runner hands ``error`` to the caller."""
-
-    def __init__(self, error: TransparentDEError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class RemoteError(Exception):
-    """Stands in for a step exception that could not be pickled (type name and message kept)."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (RemoteError, (self.type_name, self.message))
-
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_DRIVE: Any = None  # Runner._drive's code: where flow code's frames end (set by _runner)
+_MUTATION_WARNED: set[tuple[str, str]] = set()
 log = logging.getLogger("transparent_de")
 
 #: Exceptions that interrupt a step rather than being its outcome: never journaled as a result.
@@ -114,24 +68,6 @@ _INTERRUPTIONS = (
     LeaseLost,
     _faults.InjectedCrash,
 )
-
-_declaring: dict[tuple[type, str], str] = {}
-
-
-def declaring_class(obj: Any, name: str) -> str:
-    """``module.Qualname`` of the class in ``obj``'s MRO that defines ``name`` (cached: hot path)."""
-    key = (type(obj), name)
-    found = _declaring.get(key)
-    if found is None:
-        found = _declaring[key] = _find_declaring(type(obj), name)
-    return found
-
-
-def _find_declaring(cls: type, name: str) -> str:
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            return f"{klass.__module__}.{klass.__qualname__}"
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Run:
@@ -165,6 +101,7 @@ class Run:
         self.counter = 0
         self.in_step = False
         self.active = True
+        self.entry = ""  # the name of the entry this run executes (set by the runner)
         self.poisoned: TransparentDEError | None = None  # set by a step called from another thread
         self.pending: list[Op] = []  # captured values not yet written: they ride with the next write
         self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
@@ -178,38 +115,6 @@ class Run:
         if not self.codec.signing:
             return b""
         return step_context(self.flow_id, step, kind)
-
-    def _may_park(self) -> bool:
-        """May this flow unwind to park here? Not if that would run code of the flow that the
-        plain program would not run at this point (a ``finally``, a ``with`` exit, an ``except``
-        that catches everything, in any frame of flow code): then the flow waits in its thread
-        instead, as plain Python would (it keeps a pool thread while it waits)."""
-        if self._parkable is not None and self._parkable[0] == self.counter:
-            return self._parkable[1]
-        frame = sys._getframe(1)
-        ok = True
-        while frame is not None and frame.f_code is not _DRIVE:
-            if not frame.f_code.co_filename.startswith(_PACKAGE) and V.unwinding_runs_code(frame, Park):
-                ok = False
-                log.info(
-                    "flow %s waits in its thread at %s:%d: a handler there would run if it parked",
-                    self.flow_id, frame.f_code.co_filename, frame.f_lineno,
-                )  # fmt: skip
-                break
-            frame = frame.f_back  # type: ignore[assignment]
-        self._parkable = (self.counter, ok)
-        return ok
-
-    def _time_left(self, deadline: int, length: int) -> float:
-        """Seconds until a journaled wall-clock deadline of a sleep or wait ``length`` ms long.
-
-        None left if the scheduler woke this run for it (it timed the wait on its monotonic
-        clock); never more than ``length``, so a wall clock stepped back since the deadline
-        was written cannot make the sleep or wait last longer than asked (docs: _clock).
-        """
-        if self.woken and deadline <= self.woken:
-            return 0.0
-        return max(0, min(deadline - _clock.now_ms(), length)) / 1000
 
     def _where(self, step: int) -> Callable[[], dict[str, Any]]:
         return lambda: {"path": self.store.path, "flow_id": self.flow_id, "step": step}
@@ -239,46 +144,8 @@ class Run:
         self.counter += 1
         return self.counter
 
-    def _check(
-        self,
-        step: int,
-        row: StepRow,
-        cls_name: str,
-        method: str,
-        fp: str | None,
-        call: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
-    ) -> None:
-        """The determinism check: the journal's class, method and argument fingerprint at this
-        position must be the call's. ``call`` (the arguments as called) lets a journal written
-        before fingerprints were taken of bound arguments still match, and shows them."""
-        if row.method_name != method or row.class_name != cls_name:
-            raise EngineUnwind(
-                NonDeterminismError(
-                    flow_id=self.flow_id,
-                    flow_class=self.spec.class_name,
-                    step=step,
-                    recorded=f"{row.class_name}.{row.method_name}(...)",
-                    current=f"{cls_name}.{method}(...)",
-                    reason="a different call at this position",
-                )
-            )
-        if fp is not None and row.fingerprint is not None and row.fingerprint != fp:
-            if call is not None and row.fingerprint == fingerprint(call):
-                return
-            recorded = (
-                preview.call_args(row.parameters, 80) if row.parameters else f"<args {row.fingerprint}>"
-            )
-            current = preview.live_call_args(*call) if call is not None else f"<args {fp}>"
-            raise EngineUnwind(
-                NonDeterminismError(
-                    flow_id=self.flow_id,
-                    flow_class=self.spec.class_name,
-                    step=step,
-                    recorded=f"{method}({recorded})",
-                    current=f"{method}({current})",
-                    reason="the same call with different arguments",
-                )
-            )
+    def _check(self, *args: Any) -> None:
+        check_call(self, *args)
 
     def commit(self, label: str, *ops: Op) -> None:
         """One fenced transaction of this flow (it renews the lease): the buffered captured
@@ -332,18 +199,32 @@ class Run:
 
     # ------------------------------------------------------------------ steps
 
-    def call_step(self, obj: Any, name: str, site: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A step call from flow-level code: replay it, or journal and execute it."""
+    def call_step(
+        self,
+        obj: Any,
+        name: str,
+        site: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fn: Callable[..., Any] | None = None,
+        owner: str | None = None,
+    ) -> Any:
+        """A step call from flow-level code: replay it, or journal and execute it.
+
+        ``fn``/``owner``: the exact function called and the class declaring it, when the call
+        came through a step guard (``super().step()``, ``getattr(self, "step")`` ...) rather
+        than the rewritten call site (which calls ``obj.name``).
+        """
         __tracebackhide__ = True
         if threading.get_ident() != self.thread:  # a context copied into another thread
             self.foreign_thread_call(name)
         step = self._next()
         _faults.point("step.enter")
-        cls_name = declaring_class(obj, name)
-        fp = fingerprint(canonical_call(getattr(type(obj), name), obj, args, kwargs))
+        cls_name = owner or declaring_class(obj, name)
+        fp = fingerprint(canonical_call(fn or getattr(type(obj), name), obj, args, kwargs))
         row = self.rows.get(step)
         if row is not None:
-            self._check(step, row, cls_name, name, fp, (args, kwargs))
+            check_call(self, step, row, cls_name, name, fp, (args, kwargs))
             if row.status == "COMPLETE":
                 if self.engine._debug:
                     self.engine._debug_replay(self, step, name, "replayed")
@@ -352,8 +233,12 @@ class Run:
                 if self.engine._debug:
                     self.engine._debug_replay(self, step, name, "replayed failure")
                 raise self._replay_failure(step, row)
+        if fn is None:
+            return self._execute(
+                step, cls_name, name, site, args, kwargs, fp, row, lambda: getattr(obj, name)(*args, **kwargs)
+            )
         return self._execute(
-            step, cls_name, name, site, args, kwargs, fp, row, lambda: getattr(obj, name)(*args, **kwargs)
+            step, cls_name, name, site, args, kwargs, fp, row, lambda: fn(obj, *args, **kwargs)
         )
 
     def _replay_failure(self, step: int, row: StepRow) -> BaseException:
@@ -412,6 +297,14 @@ class Run:
             finally:
                 self.in_step = False
             _faults.point("step.result.before_write")
+            if result is self.flow:
+                raise TransparentDEError(
+                    f"flow {self.spec.class_name} (id {self.flow_id}), step {step} ({name}): the step returned "
+                    "the flow object itself. A replay returns a copy, so code after it (self.setup().go()) "
+                    "would run on the copy, unjournaled. Return None or a value, and call the next step on self."
+                )
+            if fp is not None and not is_flat(args, kwargs):
+                warn_if_mutated(self, name, fp, args, kwargs)
             blob = self._encode(result, step, name, "the result", b"r")
             self.commit("step.result.mid_txn", Complete(step, blob, _clock.now_ms()))
             self.progressed = True
@@ -443,192 +336,77 @@ class Run:
     def capture(
         self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """``time.time()``, ``random.randint(...)`` ... in flow code: recorded once, replayed after."""
-        if what == "time.sleep":
-            secs = args[0] if args else kwargs.get("secs", kwargs.get("seconds", 0))
-            return self.sleep(float(secs))
-        step = self._next()
-        module, _, method = what.rpartition(".")
-        fp = fingerprint((args, kwargs)) if what != "random.shuffle" else None
-        row = self.rows.get(step)
-        if row is not None:
-            self._check(step, row, module, method, fp)
-            if row.status == "COMPLETE":
-                value = self._decode(row.return_value, step, b"r")
-                if what == "random.shuffle":
-                    args[0][:] = value
-                    return None
-                return value
-        override = _faults.capture_override
-        result = fn(*args, **kwargs) if override is None else override(what, step, fn, args, kwargs)
-        value = list(args[0]) if what == "random.shuffle" else result
-        blob = self._encode(value, step, what, "the captured value", b"r")
-        self.pending.append(Captured(step, _clock.now_ms(), module, method, blob, fp))
-        return result
+        """A captured call in flow code (see :func:`._waits.capture`)."""
+        return _waits.capture(self, what, fn, args, kwargs)
 
-    # ------------------------------------------------------------------ durable sleep
+    # ------------------------------------------------------------------ time, signals, child flows
 
     def sleep(self, seconds: float) -> None:
-        """``time.sleep`` in flow code: a journaled timer; after a restart only the rest is slept."""
-        step = self._next()
-        delay = max(0, round(seconds * 1000))
-        fp = fingerprint(delay)
-        row = self.rows.get(step)
-        if row is not None:
-            self._check(step, row, "time", "sleep", fp)
-            if row.status == "COMPLETE":
-                return
-            deadline = row.timestamp + (row.delay or 0)
-        else:
-            ts = _clock.now_ms()
-            self.commit(
-                "sleep.start.mid_txn", Intent(step, ts, "time", "sleep", "sleep", None, fp, None, delay)
-            )
-            self.sync()
-            _faults.point("sleep.after_deadline_written")
-            deadline = ts + delay
-            self.rows[step] = StepRow(
-                step, "time", "sleep", "PENDING", 1, None, None, fp, None, ts, delay, "sleep"
-            )
-        remaining = self._time_left(deadline, delay)
-        if remaining > 0:
-            if self.background and remaining * 1000 > self.engine.park_after_ms and self._may_park():
-                raise Park(wake_at=deadline, waiting_for=None, after=remaining)
-            _real_sleep(remaining)
-        _faults.point("sleep.wake.before_commit")
-        self.commit("sleep.wake.mid_txn", Complete(step, None, _clock.now_ms()))
-
-    # ------------------------------------------------------------------ signals
+        """``time.sleep`` in flow code (see :func:`._waits.sleep`)."""
+        _waits.sleep(self, seconds)
 
     def wait_signal(self, obj: Any, name: str, timeout: float | None) -> Any:
-        """``wait_for(self.step)``: WAITING_FOR_SIGNAL until ``signal(...)`` brings the arguments."""
-        step = self._next()
-        cls_name = declaring_class(obj, name)
-        row = self.rows.get(step)
-        if row is not None:
-            self._check(step, row, cls_name, name, None)
-            if row.status == "COMPLETE":
-                return self._decode(row.return_value, step, b"r")
-            if row.status == "FAILED":
-                raise self._replay_failure(step, row)
-            if row.status == "PENDING" and row.parameters is not None:
-                # The signal was taken but the step did not finish: run it again with its arguments.
-                args, kwargs = self._decode(row.parameters, step, b"p")
-                return self._execute(
-                    step,
-                    cls_name,
-                    name,
-                    "",
-                    args,
-                    kwargs,
-                    None,
-                    row,
-                    lambda: getattr(obj, name)(*args, **kwargs),
-                    kind="signal",
-                )
-            started = row.timestamp
-            self.commit("signal.wait.mid_txn", Retry(step, _clock.now_ms(), status=None))
-        else:
-            started = _clock.now_ms()
-            delay = None if timeout is None else int(timeout * 1000)
-            wait = Intent(
-                step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL"
-            )
-            self.commit("signal.wait.mid_txn", wait)
-            self.sync()
-            _faults.point("signal.wait.after_write")
-        length = None if timeout is None else int(timeout * 1000)
-        ends = None if length is None else _clock.mono() + self._time_left(started + length, length)
-        shown_waiting = False
-        while True:
-            taken = self._take_signal(step, name)
-            if taken is not None:
-                if shown_waiting:
-                    self.pending.append(Waiting(None, _clock.now_ms()))  # rides with the step's intent
-                args, kwargs = taken
-                return self._execute(
-                    step,
-                    cls_name,
-                    name,
-                    "",
-                    args,
-                    kwargs,
-                    None,
-                    row
-                    or StepRow(
-                        step, cls_name, name, "PENDING", 1, None, None, None, None, started, None, "signal"
-                    ),
-                    functools.partial(getattr(obj, name), *args, **kwargs),
-                    kind="signal",
-                )
-            left = None if ends is None else ends - _clock.mono()
-            if left is not None and left <= 0:
-                exc = WaitTimeoutError(flow_id=self.flow_id, step=name, timeout=timeout or 0.0)
-                self._record_failure(step, name, exc)
-                raise exc
-            if (
-                self.background
-                and (left is None or left * 1000 > self.engine.park_after_ms)
-                and self._may_park()
-            ):
-                raise Park(None if length is None else started + length, name, left)
-            if not shown_waiting:  # a caller blocked here: say so in the journal (list, --status)
-                self.commit("signal.wait.mid_txn", Waiting(name, _clock.now_ms()))
-                shown_waiting = True
-            self.engine._wait_for_signal_event(
-                self.engine.poll_interval if left is None else min(self.engine.poll_interval, left)
-            )
-
-    def _take_signal(self, step: int, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """Consume the oldest pending signal for ``name`` into this step's row, in one transaction.
-
-        The payload is verified against its ``signals`` row and re-signed for the step row
-        (same bytes, new MAC) before anything is unpickled, and both rows change in the same
-        commit: no crash can leave a consumed signal or a half-moved payload behind.
-        """
-        try:
-            found = self.store.next_signal(self.flow_id, name)
-            if found is None:
-                return None
-            seq, payload = found
-            where = self._where(step)
-            old = signal_context(self.flow_id, name, seq)
-            params = self.codec.reseal(payload, old, self._ctx(step, b"p"), where)
-            args, kwargs = self.codec.open(params, self._ctx(step, b"p"), where)
-        except (JournalError, UnsupportedPythonError) as exc:
-            raise EngineUnwind(self._at_step(exc)) from None
-        # Conditional on the signal being unconsumed; only this flow's owner (fenced) consumes it.
-        self.commit("signal.deliver.mid_txn", ConsumeSignal(seq, step, params, _clock.now_ms()))
-        return args, kwargs
-
-    # ------------------------------------------------------------------ child flows
+        """``wait_for(self.step)`` (see :func:`._waits.wait_signal`)."""
+        return _waits.wait_signal(self, obj, name, timeout)
 
     def child_flow(
         self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[..., Any]
     ) -> Any:
-        """An entry of another flow called from flow-level code: a child flow, journaled as one step.
+        """An entry of another flow called from flow code (see :func:`._waits.child_flow`)."""
+        return _waits.child_flow(self, obj, name, args, kwargs, fn)
 
-        The child's id is ``<parent id>.<step>``, so a re-run of the parent resumes the same child.
-        """
-        step = self._next()
-        cls_name = declaring_class(obj, name)
-        fp = fingerprint(canonical_call(fn, obj, args, kwargs))
-        row = self.rows.get(step)
-        if row is not None:
-            self._check(step, row, cls_name, name, fp, (args, kwargs))
-            if row.status == "COMPLETE":
-                return self._decode(row.return_value, step, b"r")
-            if row.status == "FAILED":
-                raise self._replay_failure(step, row)
-        child_id = f"{self.flow_id}.{step}"
 
-        def call() -> Any:
-            token = current_run.set(None)
-            try:
-                return self.engine.runner.run_entry(
-                    obj, name, args, kwargs, child_id, background=False, fn=fn
-                )
-            finally:
-                current_run.reset(token)
+def check_call(
+    run: Run,
+    step: int,
+    row: StepRow,
+    cls_name: str,
+    method: str,
+    fp: str | None,
+    call: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+) -> None:
+    """The determinism check: the journal's class, method and argument fingerprint at this
+    position must be the call's. ``call`` (the arguments as called) lets a journal written
+    before fingerprints were taken of bound arguments still match, and shows them."""
+    if row.method_name != method or row.class_name != cls_name:
+        raise EngineUnwind(
+            NonDeterminismError(
+                flow_id=run.flow_id,
+                flow_class=run.spec.class_name,
+                step=step,
+                recorded=f"{row.class_name}.{row.method_name}(...)",
+                current=f"{cls_name}.{method}(...)",
+                reason="a different call at this position",
+            )
+        )
+    if fp is not None and row.fingerprint is not None and row.fingerprint != fp:
+        if call is not None and row.fingerprint == fingerprint(call):
+            return
+        recorded = preview.call_args(row.parameters, 80) if row.parameters else f"<args {row.fingerprint}>"
+        current = preview.live_call_args(*call) if call is not None else f"<args {fp}>"
+        raise EngineUnwind(
+            NonDeterminismError(
+                flow_id=run.flow_id,
+                flow_class=run.spec.class_name,
+                step=step,
+                recorded=f"{method}({recorded})",
+                current=f"{method}({current})",
+                reason="the same call with different arguments",
+            )
+        )
 
-        return self._execute(step, cls_name, name, "", args, kwargs, fp, row, call)
+
+def warn_if_mutated(run: Run, name: str, fp: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Say once per step name when a step changed its arguments: a replay does not run the
+    step, so the change would be missing after a crash (the plain program has it)."""
+    key = (run.spec.class_name, name)
+    if key in _MUTATION_WARNED:
+        return
+    if fingerprint(canonical_call(getattr(type(run.flow), name), run.flow, args, kwargs)) != fp:
+        _MUTATION_WARNED.add(key)
+        log.warning(
+            "flow %s, step %s changed its arguments (e.g. appended to a list it was given): a replay "
+            "returns the step's result without running it, so that change is lost after a crash. "
+            "Return the new value instead.",
+            run.spec.class_name, name,
+        )  # fmt: skip

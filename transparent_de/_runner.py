@@ -17,7 +17,7 @@ that just started cannot take over a flow from an owner on another host at once;
 does so after watching it for one lease length.)
 
 How a run ends is journaled by :meth:`Runner.run_entry`: the entry's result (step 0
-COMPLETE), a park (:class:`~._run.Park`: the flow waits, released), an escaped exception
+COMPLETE), a park (:class:`~._unwind.Park`: the flow waits, released), an escaped exception
 (the flow stays resumable, or ends FAILED under ``failure="final"``), or an interruption
 (``KeyboardInterrupt``, a lost lease: nothing more is written).
 """
@@ -31,9 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _faults
+from . import _clock, _faults, _waits
 from . import _preview as preview
-from . import _run as _run_module
 from ._entries import (
     REBUILD,
     bind_entry,
@@ -46,7 +45,7 @@ from ._entries import (
 )
 from ._exceptions import ExceptionRecord, record
 from ._ownership import owner_alive
-from ._run import EngineUnwind, Park, RemoteError, Run
+from ._run import Run
 from ._serialization import EncodeError, fingerprint, flow_context, step_context
 from ._store.base import (
     TERMINAL,
@@ -63,6 +62,7 @@ from ._store.base import (
     StepRow,
 )
 from ._trampoline import ACTIVE, current_run
+from ._unwind import EngineUnwind, Park, RemoteError
 from .errors import (
     CorruptJournalError,
     FlowBusyError,
@@ -79,6 +79,8 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 log = logging.getLogger("transparent_de")
+
+_REBUILD_WARNED: set[type] = set()
 
 #: Claims retried when another claimer changed the flow between our read and our write.
 _CLAIM_ROUNDS = 50
@@ -108,9 +110,6 @@ class Runner:
         self.engine = engine
         self._seen: dict[str, tuple[tuple[str, int, int | None], float]] = {}  # flow -> (lease seen, since)
         self._fresh_checked: set[tuple[str, str, str]] = set()
-
-    def _where(self, fid: str, step: int = 0) -> Callable[[], dict[str, Any]]:
-        return lambda: {"path": self.engine.store.path, "flow_id": fid, "step": step}
 
     # ------------------------------------------------------------------ claiming
 
@@ -149,8 +148,16 @@ class Runner:
         identity = flow_context(fid, cls.__module__, cls.__qualname__, name, entry_cls)
         try:
             instance = codec.seal(obj, identity)
-        except EncodeError:
+        except EncodeError as exc:
             instance = codec.seal(REBUILD, identity)  # recover() calls the class, like the seed
+            if cls not in _REBUILD_WARNED:
+                _REBUILD_WARNED.add(cls)
+                log.warning(
+                    "flow %s: its object cannot be pickled (%s), so recover() in another process rebuilds "
+                    "it with %s() and its state (configuration, clients) is not the one it started with. "
+                    "Keep flow objects to plain data, or make the no-argument constructor set them up.",
+                    spec.class_name, exc, cls.__qualname__,
+                )  # fmt: skip
         _faults.point("flow.start.before_insert")
         for _ in range(_CLAIM_ROUNDS):
             state = store.flow_state(fid)
@@ -221,21 +228,8 @@ class Runner:
         raise TransparentDEError(f"flow {fid}: could not claim it; other engines keep changing it")
 
     def fresh_id(self, obj: Any, name: str) -> str:
-        """A new flow id; the first time this entry starts without one while unfinished flows of
-        it sit in the journal, say once that ``recover()`` is what resumes those."""
-        cls = type(obj)
-        key = (cls.__module__, cls.__qualname__, name)
-        if key not in self._fresh_checked:
-            self._fresh_checked.add(key)
-            waiting = self.engine.store.unfinished_of(*key)
-            if waiting:
-                log.warning(
-                    "starting %s.%s with a fresh flow id while %d unfinished flow(s) of it are in the journal "
-                    "%s: a fresh id never resumes them; transparent_de.recover() (or `transparent-de recover`) "
-                    "does, and run(..., flow_id=ID) resumes one.",
-                    cls.__qualname__, name, waiting, self.engine.store.path,
-                )  # fmt: skip
-        return uuid.uuid4().hex
+        """A new flow id (see :func:`_fresh_id`)."""
+        return _fresh_id(self.engine, self._fresh_checked, obj, name)
 
     def owned_elsewhere(self, fid: str, owner: str | None, lease_until: int | None, fence: int) -> bool:
         """Does another engine that may be alive hold the flow? (Then it is not ours to run.)
@@ -282,6 +276,7 @@ class Runner:
             assert isinstance(value, BaseException)
             raise value
         run = Run(engine, fid, obj, spec, claimed.fence, claimed.rows, background, woken, claimed.failures)
+        run.entry = name
         engine.scheduler.ensure_heartbeat()
         try:
             return self._drive(run, fn, obj, args, kwargs)
@@ -313,20 +308,15 @@ class Runner:
                 raise
             except BaseException:
                 # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
-                self._release(run)
+                _release(self.engine, run)
                 raise
         except EngineUnwind as unwind:
             # An engine error inside flow code (journal I/O, corruption, non-determinism): it
             # unwound the flow past its handlers; the caller gets the error itself.
-            self._release(run)
+            _release(self.engine, run)
             raise unwind.error.with_traceback(unwind.__traceback__) from None
         except LeaseLost:
             raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None
-
-    def _release(self, run: Run) -> None:
-        """Give the flow up as it is (best effort: the journal may be what failed)."""
-        with contextlib.suppress(BaseException):
-            self.engine.store.commit(run.fence, [Release(_clock.now_ms())], "flow.release.mid_txn")
 
     def _complete(self, run: Run, result: Any) -> None:
         _faults.point("flow.complete.before")
@@ -379,35 +369,14 @@ class Runner:
     # ------------------------------------------------------------------ resuming
 
     def identity(self, fid: str) -> FlowIdentity:
-        """The columns that choose what code resumes a flow, verified before anything is imported.
-
-        With signing on, the instance blob's signature covers the module, class and method
-        columns (see :func:`flow_context`): a journal rewritten to name another function is
-        refused with :class:`CorruptJournalError` before that function's module is imported.
-        """
-        engine = self.engine
-        ident = engine.store.identity(fid)
-        if ident is None:
-            raise FlowNotFoundError(flow_id=fid, path=engine.store.path)
-        codec = engine.codec
-        if codec.signing:
-            if ident.instance is None:
-                raise CorruptJournalError(
-                    path=engine.store.path,
-                    flow_id=fid,
-                    step=0,
-                    detail="the flow's identity (class, method, instance) is not signed: refused",
-                )
-            ctx = flow_context(fid, ident.module, ident.qualname, ident.method, ident.declaring)
-            codec.check(ident.instance, ctx, self._where(fid))
-            codec.check(ident.parameters, step_context(fid, 0, b"p"), self._where(fid))
-        return ident
+        """The flow's identity columns, verified (see :func:`verified_identity`)."""
+        return verified_identity(self.engine, fid)
 
     def resume(self, fid: str, woken: int = 0) -> Any:
         """Replay a flow from the journal alone (the instance and arguments recorded at start)."""
         ident = self.identity(fid)
         log.info("resuming flow %s (%s.%s)", fid, ident.qualname, ident.method)
-        where = self._where(fid)
+        where = _where(self.engine, fid)
         cls = resolve_class(ident.module, ident.qualname, required=True)
         codec = self.engine.codec
         obj: Any = REBUILD
@@ -422,32 +391,89 @@ class Runner:
 
     def final_outcome(self, fid: str) -> tuple[bool, Any] | None:
         """``(True, result)`` or ``(False, error)`` of a finished flow; None while it is unfinished."""
-        engine = self.engine
-        out = engine.store.outcome(fid)
-        if out is None:
-            return None
-        where = self._where(fid)
-        if out.status == "COMPLETE":
-            if out.return_value is None:
-                return True, None
-            return True, engine.codec.open(out.return_value, step_context(fid, 0, b"r"), where)
-        if out.status == "FAILED":
-            cause = engine.codec.open(out.error, step_context(fid, 0, b"e"), where) if out.error else None
-            if isinstance(cause, ExceptionRecord):
-                cause = cause.rebuild()
-            err = FlowFailedError(
+        return final_outcome(self.engine, fid)
+
+
+_waits._DRIVE = Runner._drive.__code__  # flow code's frames end here (see Run._may_park)
+
+
+def verified_identity(engine: Engine, fid: str) -> FlowIdentity:
+    """The columns that choose what code resumes a flow, verified before anything is imported.
+
+    With signing on, the instance blob's signature covers the module, class and method
+    columns (see :func:`flow_context`): a journal rewritten to name another function is
+    refused with :class:`CorruptJournalError` before that function's module is imported.
+    """
+    ident = engine.store.identity(fid)
+    if ident is None:
+        raise FlowNotFoundError(flow_id=fid, path=engine.store.path)
+    codec = engine.codec
+    if codec.signing:
+        if ident.instance is None:
+            raise CorruptJournalError(
+                path=engine.store.path,
                 flow_id=fid,
-                flow_class=engine.store.flow_class(fid) or "",
-                error=f"{type(cause).__name__}: {cause}",
+                step=0,
+                detail="the flow's identity (class, method, instance) is not signed: refused",
             )
-            err.__cause__ = cause if isinstance(cause, BaseException) else None
-            return False, err
-        if out.status == "CANCELLED":
-            return False, FlowCancelledError(flow_id=fid)
+        ctx = flow_context(fid, ident.module, ident.qualname, ident.method, ident.declaring)
+        codec.check(ident.instance, ctx, _where(engine, fid))
+        codec.check(ident.parameters, step_context(fid, 0, b"p"), _where(engine, fid))
+    return ident
+
+
+def final_outcome(engine: Engine, fid: str) -> tuple[bool, Any] | None:
+    """``(True, result)`` or ``(False, error)`` of a finished flow; None while it is unfinished."""
+    out = engine.store.outcome(fid)
+    if out is None:
         return None
+    where = _where(engine, fid)
+    if out.status == "COMPLETE":
+        if out.return_value is None:
+            return True, None
+        return True, engine.codec.open(out.return_value, step_context(fid, 0, b"r"), where)
+    if out.status == "FAILED":
+        cause = engine.codec.open(out.error, step_context(fid, 0, b"e"), where) if out.error else None
+        if isinstance(cause, ExceptionRecord):
+            cause = cause.rebuild()
+        err = FlowFailedError(
+            flow_id=fid,
+            flow_class=engine.store.flow_class(fid) or "",
+            error=f"{type(cause).__name__}: {cause}",
+        )
+        err.__cause__ = cause if isinstance(cause, BaseException) else None
+        return False, err
+    if out.status == "CANCELLED":
+        return False, FlowCancelledError(flow_id=fid)
+    return None
 
 
-_run_module._DRIVE = Runner._drive.__code__  # flow code's frames end here (see Run._may_park)
+def _fresh_id(engine: Engine, checked: set[tuple[str, str, str]], obj: Any, name: str) -> str:
+    """A new flow id; the first time this entry starts without one while unfinished flows of
+    it sit in the journal, say once that ``recover()`` is what resumes those."""
+    cls = type(obj)
+    key = (cls.__module__, cls.__qualname__, name)
+    if key not in checked:
+        checked.add(key)
+        waiting = engine.store.unfinished_of(*key)
+        if waiting:
+            log.warning(
+                "starting %s.%s with a fresh flow id while %d unfinished flow(s) of it are in the journal "
+                "%s: a fresh id never resumes them; transparent_de.recover() (or `transparent-de recover`) "
+                "does, and run(..., flow_id=ID) resumes one.",
+                cls.__qualname__, name, waiting, engine.store.path,
+            )  # fmt: skip
+    return uuid.uuid4().hex
+
+
+def _release(engine: Engine, run: Run) -> None:
+    """Give the flow up as it is (best effort: the journal may be what failed)."""
+    with contextlib.suppress(BaseException):
+        engine.store.commit(run.fence, [Release(_clock.now_ms())], "flow.release.mid_txn")
+
+
+def _where(engine: Engine, fid: str, step: int = 0) -> Callable[[], dict[str, Any]]:
+    return lambda: {"path": engine.store.path, "flow_id": fid, "step": step}
 
 
 def _escaped_step(run: Run, exc: BaseException) -> int | None:

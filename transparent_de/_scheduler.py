@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
-from ._run import Park
 from ._runner import RetryLater
 from ._store.base import TERMINAL, LeaseLost
+from ._unwind import Park
 from .errors import FlowBusyError, LeaseLostError, TransparentDEError
 
 if TYPE_CHECKING:

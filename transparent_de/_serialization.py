@@ -340,6 +340,12 @@ def fingerprint(value: Any) -> str:
 _FLAT = frozenset({type(None), bool, int, float, str, bytes})
 
 
+def is_flat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Only immutable scalars (nothing a step could change in place)?"""
+    flat = _FLAT
+    return all(type(a) in flat for a in args) and all(type(v) in flat for v in kwargs.values())
+
+
 def _fast_call_args(value: Any) -> bytes | None:
     """Canonical bytes of ``(args, kwargs)`` made only of flat values, or None.
 

@@ -45,17 +45,23 @@ def _capture_table() -> dict[Any, str]:
             if fn is not None:
                 table[fn] = f"{prefix}.{n}"
 
-    add(time, "time time_ns monotonic monotonic_ns perf_counter perf_counter_ns sleep", "time")
+    add(
+        time,
+        "time time_ns monotonic monotonic_ns perf_counter perf_counter_ns sleep clock_gettime clock_gettime_ns "
+        "process_time process_time_ns thread_time thread_time_ns",
+        "time",
+    )
     add(datetime.datetime, "now utcnow today", "datetime.datetime")
     add(datetime.date, "today", "datetime.date")
     add(
         random,
         "random randint randrange choice choices sample shuffle uniform gauss getrandbits "
-        "triangular normalvariate expovariate randbytes",
+        "triangular normalvariate expovariate randbytes gammavariate betavariate lognormvariate "
+        "vonmisesvariate paretovariate weibullvariate binomialvariate Random SystemRandom",
         "random",
     )
     add(uuid, "uuid1 uuid4", "uuid")
-    add(os, "urandom", "os")
+    add(os, "urandom getrandom", "os")
     add(secrets, "token_bytes token_hex token_urlsafe randbelow randbits choice", "secrets")
     return table
 
