@@ -438,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json = False
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # inside the try: a reader gone by the final flush is a broken pipe too
+        return code
     except UsageError as exc:
         print(f"transparent-de: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
