@@ -319,3 +319,67 @@ def test_set_and_dict_arguments_are_stable_across_hash_seeds(proj: Path) -> None
     assert rec == {"t2": out}
     assert effects(proj / "fx2") == Counter({"norm": 1, "count": 1, "join": 2})
     integrity_ok(db)
+
+
+CHILD_FLOWS = """
+import time
+
+class Shipping:
+    __flow__ = "ship"
+
+    def ship(self, n):
+        label = self.label(n)
+        return self.dispatch(label)
+
+    def label(self, n):
+        return f"L{n}"
+
+    def dispatch(self, label):
+        time.sleep(0.3)  # plain: inside a step; the child is mid-way for a while
+        return label + "-sent"
+
+
+class Order:
+    __flow__ = "run"
+
+    def run(self, n):
+        order = self.order(n)
+        sum(range(3_000_000))  # flow-level work: a child scheduled on its own would get there first
+        return [order, Shipping().ship(order)]
+
+    def order(self, n):
+        return n * 10
+"""
+
+
+def test_recover_resumes_a_crashed_child_through_its_parent(flow_module, tmp_path: Path) -> None:
+    """A crash inside a child flow leaves parent and child unfinished: recover() resumes the
+    child from its parent's child step only (scheduling both raced: the parent's run failed with
+    FlowBusyError and backed off, counting towards its dead letter)."""
+    m = flow_module(CHILD_FLOWS)
+    for t in threading.enumerate():
+        if t.name.startswith("tde-"):
+            t.join(timeout=5)
+    for attempt in range(3):
+        db = tmp_path / f"child{attempt}.db"
+        pid = os.fork()
+        if pid == 0:  # crash after the child's first step committed, before its second
+            code = 3
+            try:
+                _faults.install(_faults.FaultPlan(at=2, label="step.result.after_commit", action="exit"))
+                Engine(db, durability="process").run(m.Order().run, 4, flow_id="o")
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == _faults.CRASH_EXIT_CODE
+        assert journal_state(db, "o.2") != {}, "the crash did not fall inside the child"
+        eng = Engine(db, durability="process", poll_interval=0.01)
+        try:
+            handles = {h.id: h for h in eng.recover()}
+            assert set(handles) == {"o", "o.2"}
+            assert handles["o"].result(timeout=20) == [40, "L40-sent"]
+            assert handles["o.2"].result(timeout=20) == "L40-sent"
+            assert eng.store.status("o") == eng.store.status("o.2") == "COMPLETE"
+            assert eng.failed_runs == 0, "the parent failed on its own child (FlowBusyError) and backed off"
+        finally:
+            eng.close()

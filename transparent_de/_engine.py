@@ -130,6 +130,12 @@ def _cut(text: str, width: int = 120) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _child_of(flow_id: str) -> str | None:
+    """The parent id of a child flow's id (``<parent>.<step>``, see ``_waits.child_flow``)."""
+    parent, dot, step = flow_id.rpartition(".")
+    return parent if dot and step.isdigit() else None
+
+
 class Engine:
     """Runs flows against one journal. Many may exist in one process (one per journal).
 
@@ -305,7 +311,14 @@ class Engine:
         """
         _faults.point("recovery.after_scan")
         handles = []
-        for u in self.store.unfinished():
+        unfinished = self.store.unfinished()
+        pending = {u.flow_id for u in unfinished}
+        for u in unfinished:
+            if _child_of(u.flow_id) in pending:
+                # Its parent resumes it, from the parent's child step, in the parent's thread;
+                # scheduling it here as well would race the parent for it (FlowBusyError).
+                handles.append(self.handle(u.flow_id))
+                continue
             if u.flow_id in self.refused:
                 handles.append(self.handle(u.flow_id))  # resolved with its error already
                 continue
