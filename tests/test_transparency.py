@@ -318,3 +318,37 @@ def test_more_entropy_is_captured_and_sleep_arguments_are_checked(engine, flow_m
         transparent_de.run(m.Setup().run, "sleep-neg", flow_id="st-neg")
     with pytest.raises(TypeError, match="'str' object cannot be interpreted"):
         transparent_de.run(m.Setup().run, "sleep-str", flow_id="st-str")
+
+
+BOUND = """
+import inspect
+
+class Hooks:
+    __flow__ = "run"
+
+    def run(self, x):
+        handlers = [self.double, self.square]
+        handlers.remove(self.double)  # equality of `self.step` values, as for bound methods
+        seen = {
+            "eq": self.double == self.double and self.double != self.square,
+            "set": len({self.double, self.double, self.square}),
+            "hash": hash(self.double) == hash(self.double),
+            "signature": str(inspect.signature(self.double)),
+            "in": self.square in handlers,
+        }
+        return [seen, [h(x) for h in handlers], self.double(x)]
+
+    def double(self, v, times=2):
+        return v * times
+
+    def square(self, v):
+        return v * v
+"""
+
+
+def test_a_step_as_a_value_compares_hashes_and_introspects_like_a_bound_method(engine, flow_module):
+    m = flow_module(BOUND)
+    plain = {"eq": True, "set": 2, "hash": True, "signature": "(v, times=2)", "in": True}
+    assert engine.run(m.Hooks().run, 3, flow_id="b") == [plain, [9], 6]
+    names = [s.method_name for s in engine.steps("b")]
+    assert names.count("square") == 1 and names.count("double") == 1, names  # both journaled

@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextvars
 import datetime
+import inspect
 import os
 import random
 import secrets
@@ -147,6 +148,21 @@ class BoundStep:
 
     def __repr__(self) -> str:
         return f"<journaled step {type(self._obj).__name__}.{self._name}>"
+
+    # Compared, hashed and introspected as the bound method it stands for, so that callback
+    # registries (``handlers.remove(self.on_done)``, sets of callbacks) and ``inspect.signature``
+    # (which would otherwise follow ``__wrapped__`` to the unbound function) see no difference.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BoundStep):
+            return self._obj is other._obj and self._name == other._name
+        return bool(getattr(self._obj, self._name) == other)
+
+    def __hash__(self) -> int:
+        return hash(getattr(self._obj, self._name))
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(getattr(self._obj, self._name))
 
 
 def _make(key: str) -> Callable[..., Any]:
