@@ -14,6 +14,9 @@ Effects of flow-level code (``flow_effect``) are compared only between plain and
 runs: replays and recoveries re-execute flow code by design. ``ENTROPY = True`` programs draw
 new values in every fresh run, so plain and crashed runs are compared by shape (outcome kind
 and effect names), while the full replay must reproduce the journaled run exactly.
+``UNORDERED = True`` programs iterate sets: plain Python's order follows the hash seed, so
+their effects are compared with plain Python's as multisets (journaled, replayed and crashed
+runs must still agree in order: sets iterate in one canonical order in flows).
 
 A program that says ``EXPECT = "refused: Name"`` must raise that error when journaled, with
 no effect at all (refused before any side effect). See tests/corpus/README.md.
@@ -68,7 +71,9 @@ class Runs:
     def __init__(self, program: str, tmp: Path) -> None:
         self.program, self.tmp, self.n = program, tmp, itertools.count(1)
 
-    def __call__(self, mode: str, db: Path | None = None, crash_at: int | None = None) -> tuple[dict[str, Any], list[Any]]:
+    def __call__(
+        self, mode: str, db: Path | None = None, crash_at: int | None = None
+    ) -> tuple[dict[str, Any], list[Any]]:
         effects = self.tmp / f"effects-{next(self.n)}.jsonl"
         args = [sys.executable, str(DRIVER), mode, self.program]
         args += [str(db)] if db else []
@@ -102,6 +107,7 @@ def test_corpus_program(program: str, tmp_path: Path) -> None:
     run = Runs(program, tmp_path)
     expect = setting(program, "EXPECT")
     entropy = bool(setting(program, "ENTROPY", False))
+    unordered = bool(setting(program, "UNORDERED", False))
     journaled, effects = run("journaled", tmp_path / "j.db")
 
     if expect.startswith("refused: "):
@@ -114,9 +120,10 @@ def test_corpus_program(program: str, tmp_path: Path) -> None:
     assert expect == "identical", f"{program}: unknown EXPECT {expect!r}"
     plain, plain_effects = run("plain")
     assert "error" not in plain or plain["error"][0] != "ModuleNotFoundError", plain
-    assert shape(journaled, effects, entropy) == shape(plain, plain_effects, entropy), (
-        f"{program}: journaled {journaled} {effects}, plain {plain} {plain_effects}"
-    )
+    plain_order = sorted(effects) if unordered else effects  # a set's order is the hash seed's
+    assert shape(journaled, plain_order, entropy) == shape(
+        plain, sorted(plain_effects) if unordered else plain_effects, entropy
+    ), f"{program}: journaled {journaled} {effects}, plain {plain} {plain_effects}"
     reference = {k: v for k, v in journaled.items() if k != "points"}
 
     points = journaled["points"]
@@ -129,7 +136,9 @@ def test_corpus_program(program: str, tmp_path: Path) -> None:
         assert crashed.get("crashed"), f"{program}: no crash at point {at} of {points}: {crashed}"
         recovered, second = run("recover", db)
         got = shape(recovered, steps_only(first + second), entropy)
-        assert got[0] == expected[0], f"{program}: crashed at point {at} of {points}, recovered {recovered}, plain {plain}"
+        assert got[0] == expected[0], (
+            f"{program}: crashed at point {at} of {points}, recovered {recovered}, plain {plain}"
+        )
         assert rerun_at_most_once(got[1], expected[1]), (
             f"{program}: crashed at point {at} of {points}: effects {first} + {second}, plain {plain_effects}"
         )

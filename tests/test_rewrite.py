@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import transparent_de
-from transparent_de import _guard
+from transparent_de import _guard, _hook
 from transparent_de._rewrite import RewriteSpec, rewrite_function_code
 from transparent_de._trampoline import RUNTIME
 
@@ -782,7 +782,7 @@ def test_own_pyc_cache(tmp_path):
     src = pkg / "flows.py"
     src.write_text(CACHE_FLOW.format(n=1))
     tag = sys.implementation.cache_tag
-    ours = pkg / "__pycache__" / f"flows.{tag}-tde1.pyc"
+    ours = pkg / "__pycache__" / f"flows.{_hook.CACHE_TAG}.pyc"
     std = pkg / "__pycache__" / f"flows.{tag}.pyc"
 
     assert _import_in_subprocess(root, True, tmp_path).startswith("REWRITTEN")

@@ -352,3 +352,29 @@ def test_a_step_as_a_value_compares_hashes_and_introspects_like_a_bound_method(e
     assert engine.run(m.Hooks().run, 3, flow_id="b") == [plain, [9], 6]
     names = [s.method_name for s in engine.steps("b")]
     assert names.count("square") == 1 and names.count("double") == 1, names  # both journaled
+
+
+SETS = """
+PLAIN = list({10, 1, 100_000, 33})  # int hashes are the same in every process: left alone
+
+class Sets:
+    __flow__ = "run"
+
+    def run(self, words):
+        seen = [w for w in words]
+        ints = [i for i in {10, 1, 100_000, 33}]
+        return [seen, ints == PLAIN, self.inside(words)]
+
+    def inside(self, words):
+        return sorted(words) == [w for w in sorted(words)]  # a step body iterates as plain Python does
+"""
+
+
+def test_sets_iterate_in_one_canonical_order_in_flow_code(engine, flow_module):
+    from transparent_de._trampoline import canonical_iteration
+
+    m = flow_module(SETS)
+    words = {"pear", "apple", "fig", "kiwi"}
+    assert engine.run(m.Sets().run, words, flow_id="s") == [["apple", "fig", "kiwi", "pear"], True, True]
+    assert canonical_iteration(words) is words  # outside a flow: untouched
+    assert canonical_iteration([3, 1]) == [3, 1]  # not a set: untouched everywhere

@@ -17,6 +17,7 @@ cached import of a flow module never pays for it.
 
 from __future__ import annotations
 
+import dis
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -63,6 +64,11 @@ def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
             out.append(ins)
             continue
         loc = ins.location
+        if ins.name == "GET_ITER":  # ``for``/comprehension over a value: sets in a canonical order
+            out += V.value_template(Instr, ITER_KEY, loc)
+            out.append(ins)
+            changed = True
+            continue
         hit = V.attr_load(ins)
         if hit is not None:
             name, method = hit
@@ -93,8 +99,18 @@ def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
     return V.restore_interpolations(bc.to_code(), hidden)
 
 
+#: The runtime key of the iteration guard (``_trampoline``: sets iterate in a canonical order).
+ITER_KEY = "it:"
+_GET_ITER = dis.opmap["GET_ITER"]
+
+
+def _iterates(code: CodeType) -> bool:
+    """Does ``code`` start an iteration (GET_ITER) its rewrite has not guarded yet?"""
+    return ITER_KEY not in code.co_names and _GET_ITER in code.co_code[::2]
+
+
 def needs_rewrite(code: CodeType, spec: RewriteSpec) -> bool:
-    """Cheap check (names only, no disassembly) whether ``code`` still has sites to rewrite.
+    """Cheap check (names and opcodes, no disassembly) whether ``code`` still has sites to rewrite.
 
     Rewritten sites no longer load the bare name, so this is what makes the transform
     idempotent and lets the after-import check skip already rewritten code for free.
@@ -106,6 +122,8 @@ def needs_rewrite(code: CodeType, spec: RewriteSpec) -> bool:
     if names & spec.steps or names & spec.nd_attrs:
         return True
     if any(n in names and f"g:{n}" not in names for n in spec.nd_globals):
+        return True
+    if _iterates(code):
         return True
     return any(isinstance(c, CodeType) and needs_rewrite(c, spec) for c in code.co_consts)
 

@@ -229,7 +229,35 @@ def _make(key: str) -> Callable[..., Any]:
 
         return capture_binder
 
+    if kind == "it":
+        return canonical_iteration
+
     raise AttributeError(key)
+
+
+#: Element types whose hashes, and so a set's iteration order, are the same in every process.
+_STABLE_HASH = (int, float, bool)
+
+
+def canonical_iteration(value: Any) -> Any:
+    """What a ``for`` loop or comprehension in flow code iterates: sets in a canonical order.
+
+    A set or frozenset of strings (or bytes, tuples of them, objects hashed by address ...)
+    iterates in an order that follows the process's hash seed, so a recovering process would
+    take another path and meet the journal with other step arguments. In flow-level code of a
+    running flow, such a set is iterated sorted (or, when its elements do not order, sorted by
+    type and repr): one order in every process, and an order plain Python could have taken.
+    Everything else, and all code outside flows or inside steps, iterates as it always does.
+    """
+    if type(value) is not set and type(value) is not frozenset:
+        return value
+    run = current_run.get()
+    if run is None or run.in_step or len(value) < 2 or all(type(v) in _STABLE_HASH for v in value):
+        return value
+    try:
+        return sorted(value)
+    except TypeError:
+        return sorted(value, key=lambda v: (type(v).__qualname__, repr(v)))
 
 
 class _CapturedCall:
