@@ -171,7 +171,9 @@ def test_worker_until_idle_reports_failures(engine, flow_module):
     with pytest.raises(RuntimeError):
         transparent_de.run(m.Flaky().run, 1, flow_id="w1")
     report = transparent_de.worker(until_idle=True)
-    assert report.failed_runs >= 1 and not report.ok
+    # max_recovery_attempts=3: the foreground run was the first; the worker makes two more, the
+    # second of which ends the flow FAILED. Each failed run counts, a retried one too.
+    assert (report.failed_runs, report.failed, report.ok) == (2, ["w1"], False)
 
 
 # --------------------------------------------------------------------------- journal errors are engine errors
@@ -219,7 +221,19 @@ def test_a_signal_the_step_cannot_take_is_refused_before_it_is_stored(engine, fl
         transparent_de.signal("sg1", "confirm", "yes", colour="red")
     with pytest.raises(SignalError, match="entry"):
         transparent_de.signal("sg1", "run")
+    for bad in ("not a name", "", 7):  # not a step name at all
+        with pytest.raises(SignalError, match="identifier"):
+            transparent_de.signal("sg1", bad)  # type: ignore[arg-type]
     assert query(engine, "SELECT count(*) FROM signals") == [(0,)]
+
+
+def test_cancel_ends_the_flow_and_its_step_0(engine, flow_module):
+    m = flow_module(SOURCE)
+    transparent_de.start(m.Approve().run, flow_id="cx")
+    _waiting(engine, "cx")
+    transparent_de.cancel("cx")
+    assert query(engine, "SELECT status FROM flows WHERE flow_id='cx'") == [("CANCELLED",)]
+    assert query(engine, "SELECT status FROM execution_log WHERE flow_id='cx' AND step=0") == [("CANCELLED",)]
 
 
 def test_a_signalled_step_that_raises_is_a_step_like_any_other(engine, flow_module):

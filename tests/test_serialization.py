@@ -163,3 +163,13 @@ def test_fingerprints_of_version_dependent_types_agree_across_interpreters():
         elif py == sys.executable:
             raise AssertionError(p.stderr)
     assert len(set(outs.values())) == 1, outs
+
+
+def test_fingerprints_see_inside_dicts_sets_and_frozensets():
+    """Containers are fingerprinted by their contents, in a canonical order (a mutation run
+    found no test telling ``{"a": 1}`` from ``{"b": 2}`` apart)."""
+    assert S.fingerprint({"a": 1}) != S.fingerprint({"b": 1}) != S.fingerprint({"b": 2})
+    assert S.fingerprint({"x", "y"}) != S.fingerprint({"x", "z"})
+    assert S.fingerprint(frozenset({1})) != S.fingerprint(frozenset({2}))
+    assert S.fingerprint({"b": [1], "a": {2}}) == S.fingerprint({"a": {2}, "b": [1]})
+    assert S.fingerprint({"x", "y", "z"}) == S.fingerprint(set(reversed(["x", "y", "z"])))
