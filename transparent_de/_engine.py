@@ -34,6 +34,7 @@ from ._serialization import Codec, EncodeError, signal_context
 from ._serialization import hmac_key as key_from_env
 from ._store import open_store
 from ._store.base import TERMINAL, UNFINISHED, FlowInfo, StepInfo, Store
+from ._waits import parent_id
 from .errors import FlowBusyError, FlowNotFoundError, SerializationError, SignalError, TransparentDEError
 
 if TYPE_CHECKING:
@@ -128,12 +129,6 @@ def _bind_signal(flow_id: str, cls: type, step: str, args: tuple[Any, ...], kwar
 
 def _cut(text: str, width: int = 120) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _child_of(flow_id: str) -> str | None:
-    """The parent id of a child flow's id (``<parent>.<step>``, see ``_waits.child_flow``)."""
-    parent, dot, step = flow_id.rpartition(".")
-    return parent if dot and step.isdigit() else None
 
 
 class Engine:
@@ -314,7 +309,7 @@ class Engine:
         unfinished = self.store.unfinished()
         pending = {u.flow_id for u in unfinished}
         for u in unfinished:
-            if _child_of(u.flow_id) in pending:
+            if parent_id(u.flow_id) in pending:
                 # Its parent resumes it, from the parent's child step, in the parent's thread;
                 # scheduling it here as well would race the parent for it (FlowBusyError).
                 handles.append(self.handle(u.flow_id))

@@ -206,12 +206,23 @@ def _take_signal(run: Run, step: int, name: str) -> tuple[tuple[Any, ...], dict[
 # --------------------------------------------------------------------------- child flows
 
 
+def child_id(parent: str, step: int) -> str:
+    """A child flow's id: ``<parent id>.<step>``, so a re-run of the parent resumes the same child."""
+    return f"{parent}.{step}"
+
+
+def parent_id(flow_id: str) -> str | None:
+    """The parent's id of a child flow's id (see :func:`child_id`); None for other ids."""
+    parent, dot, step = flow_id.rpartition(".")
+    return parent if dot and step.isdigit() else None
+
+
 def child_flow(
     run: Run, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[..., Any]
 ) -> Any:
     """An entry of another flow called from flow-level code: a child flow, journaled as one step.
 
-    The child's id is ``<parent id>.<step>``, so a re-run of the parent resumes the same child.
+    The child's id is :func:`child_id`, so a re-run of the parent resumes the same child.
     """
     step = run._next()
     cls_name = declaring_class(obj, name)
@@ -223,12 +234,12 @@ def child_flow(
             return run._decode(row.return_value, step, b"r")
         if row.status == "FAILED":
             raise run._replay_failure(step, row)
-    child_id = f"{run.flow_id}.{step}"
+    child = child_id(run.flow_id, step)
 
     def call() -> Any:
         token = current_run.set(None)
         try:
-            return run.engine.runner.run_entry(obj, name, args, kwargs, child_id, background=False, fn=fn)
+            return run.engine.runner.run_entry(obj, name, args, kwargs, child, background=False, fn=fn)
         finally:
             current_run.reset(token)
 
