@@ -378,3 +378,30 @@ def test_sets_iterate_in_one_canonical_order_in_flow_code(engine, flow_module):
     assert engine.run(m.Sets().run, words, flow_id="s") == [["apple", "fig", "kiwi", "pear"], True, True]
     assert canonical_iteration(words) is words  # outside a flow: untouched
     assert canonical_iteration([3, 1]) == [3, 1]  # not a set: untouched everywhere
+
+
+BASE = """
+class Base:
+    def _names(self, words):
+        return [w for w in words]
+"""
+
+DERIVED = """
+from {pkg}.base import Base
+
+class Derived(Base):
+    __flow__ = "run"
+
+    def run(self, words):
+        return [self._names(words), [w for w in words]]
+"""
+
+
+def test_code_inherited_from_another_module_is_not_rewritten_for_its_loops(engine, flow_module):
+    base = flow_module(BASE, name="base")
+    before = base.Base._names.__code__
+    m = flow_module(DERIVED.format(pkg=base.__name__.rsplit(".", 1)[0]))
+    words = {"pear", "apple", "fig"}
+    names, own = engine.run(m.Derived().run, words, flow_id="inh")
+    assert own == ["apple", "fig", "pear"]  # the flow's own module: canonical order
+    assert sorted(names) == own and base.Base._names.__code__ is before  # the other module: untouched

@@ -281,7 +281,11 @@ def finalize_class(
         for name, fn in funcs.items():
             if compiled_steps is not None and name in own and not extra:
                 continue  # rewritten at import with a superset of today's step names
-            rspec = RewriteSpec(steps=spec.steps, nd_globals=nd_globals | _nd_globals_of(fn.__globals__))
+            rspec = RewriteSpec(
+                steps=spec.steps,
+                nd_globals=nd_globals | _nd_globals_of(fn.__globals__),
+                iteration=fn.__module__ == cls.__module__,
+            )
             if needs_rewrite(fn.__code__, rspec):
                 new = rewrite_function_code(fn.__code__, rspec)
                 if new is not fn.__code__:

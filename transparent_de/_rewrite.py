@@ -38,6 +38,9 @@ class RewriteSpec:
     steps: frozenset[str]
     nd_globals: frozenset[str] = frozenset()
     nd_attrs: frozenset[str] = ND_ATTRS
+    #: Guard ``for`` loops and comprehensions (sets iterate in a canonical order). Off for code
+    #: a flow inherits from other modules: they are not rewritten just for their loops.
+    iteration: bool = True
     #: Filled by the rewriter for TDE_DEBUG=rewrite and tests: (qualname, line, key) per site.
     sites: list[tuple[str, int, str]] = field(default_factory=list, compare=False, hash=False)
 
@@ -64,7 +67,7 @@ def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
             out.append(ins)
             continue
         loc = ins.location
-        if ins.name == "GET_ITER":  # ``for``/comprehension over a value: sets in a canonical order
+        if ins.name == "GET_ITER" and spec.iteration:  # ``for``/comprehension over a value: sets in a canonical order
             out += V.value_template(Instr, ITER_KEY, loc)
             out.append(ins)
             changed = True
@@ -123,7 +126,7 @@ def needs_rewrite(code: CodeType, spec: RewriteSpec) -> bool:
         return True
     if any(n in names and f"g:{n}" not in names for n in spec.nd_globals):
         return True
-    if _iterates(code):
+    if spec.iteration and _iterates(code):
         return True
     return any(isinstance(c, CodeType) and needs_rewrite(c, spec) for c in code.co_consts)
 

@@ -246,7 +246,8 @@ def canonical_iteration(value: Any) -> Any:
     iterates in an order that follows the process's hash seed, so a recovering process would
     take another path and meet the journal with other step arguments. In flow-level code of a
     running flow, such a set is iterated sorted (or, when its elements do not order, sorted by
-    type and repr): one order in every process, and an order plain Python could have taken.
+    type and repr): one order in every process (unless a repr shows an address), and an order
+    plain Python could have taken.
     Everything else, and all code outside flows or inside steps, iterates as it always does.
     """
     if type(value) is not set and type(value) is not frozenset:
