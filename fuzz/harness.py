@@ -160,13 +160,13 @@ class Outcome:
 class _AckPlan(_faults.FaultPlan):
     """Records, at every point that follows a ``sync()``, the completed rows made durable so far.
 
-    The intent commit is not synced in ``full`` mode (losing it only re-runs the step), so the
-    points after it are not acknowledgements.
+    A step's result is carried into the next step's intent commit, which ``full`` mode syncs
+    before the next body runs: the point after it acknowledges the previous result.
     """
 
     ACKS = frozenset(
         {
-            "step.result.after_commit",
+            "step.intent.after_commit",
             "step.error.after_commit",
             "flow.complete.after_commit",
             "sleep.after_deadline_written",

@@ -11,9 +11,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from transparent_de._run import Run
 from transparent_de._runner import Runner
 from transparent_de._store import sqlite as store
-from transparent_de._store.base import Intent, Retry
+from transparent_de._store.base import Complete, Intent, Retry
 from transparent_de._store.sqlite_file import SQLiteFile
 from transparent_de._store.sqlite_sql import Q
 
@@ -65,6 +66,16 @@ def _complete_at_once(apply: Callable[..., None]) -> Callable[..., None]:
     return wrapped
 
 
+def _not_full(init: Callable[..., None]) -> Callable[..., None]:
+    """Runs that skip the syncs only ``durability="full"`` adds to the step path."""
+
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._full = False
+
+    return wrapped
+
+
 BUGS: dict[str, Callable[[], Callable[[], None]]] = {
     # a PENDING step replayed as if it had completed
     "replay-pending-as-complete": _query(
@@ -90,6 +101,13 @@ BUGS: dict[str, Callable[[], Callable[[], None]]] = {
     ),
     # durability="full" forgets its fsync
     "skip-sync": _attr(SQLiteFile, "sync", lambda self: None),
+    # a step's result is never written (the carried COMPLETE row is dropped)
+    "drop-carried-result": _attr(
+        Run, "carry", lambda self, op, _carry=Run.carry: None if isinstance(op, Complete) else _carry(self, op)
+    ),
+    # durability="full" syncs the flow's end, timers and failures, but not the commit that
+    # carries a step's result with the next intent
+    "unsynced-carried-result": lambda: _attr(Run, "__init__", _not_full(Run.__init__))(),
     # a flow owned by a live process is taken over
     "steal-live-lease": _attr(Runner, "owned_elsewhere", lambda self, fid, owner, lease_until, fence: False),
 }

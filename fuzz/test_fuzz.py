@@ -94,11 +94,14 @@ def _sweep_catches(bug: str, durability: str = "process") -> bool:
 
 
 def _power_loss_catches(bug: str) -> bool:
+    """Power loss at the end of the flow, and in the middle of it (after a step's result was
+    acknowledged but before the flow's final fsync)."""
     with harness.planted_bug(bug):
-        try:
-            powerloss.check(programs.FIXED["linear"], durability="full")
-        except harness.PropertyFailure:
-            return True
+        for crash_at in (None, 12, 20):
+            try:
+                powerloss.check(programs.FIXED["linear"], crash_at=crash_at, durability="full")
+            except harness.PropertyFailure:
+                return True
     return False
 
 
@@ -117,6 +120,8 @@ PLANTED = {
     "forget-attempts": _sweep_catches,  # a resumed flow does not count its attempt
     "failed-stays-failed": _sweep_catches,  # an escaped failure is replayed instead of retried
     "skip-sync": _power_loss_catches,  # durability="full" forgets its fsync
+    "drop-carried-result": _sweep_catches,  # a step's result never written (one commit per step)
+    "unsynced-carried-result": _power_loss_catches,  # full mode: the result rides in an unsynced commit
     "steal-live-lease": _live_owner_catches,  # a flow owned by a live process is taken over
 }
 

@@ -363,10 +363,11 @@ def test_recover_resumes_a_crashed_child_through_its_parent(flow_module, tmp_pat
     for attempt in range(3):
         db = tmp_path / f"child{attempt}.db"
         pid = os.fork()
-        if pid == 0:  # crash after the child's first step committed, before its second
+        if pid == 0:  # crash once the child's first result is committed (with its second intent)
             code = 3
             try:
-                _faults.install(_faults.FaultPlan(at=2, label="step.result.after_commit", action="exit"))
+                # intents: the parent's order (1) and child step (2), the child's label (3), dispatch (4)
+                _faults.install(_faults.FaultPlan(at=4, label="step.intent.after_commit", action="exit"))
                 Engine(db, durability="process").run(m.Order().run, 4, flow_id="o")
             finally:
                 os._exit(code)

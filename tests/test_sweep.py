@@ -41,7 +41,7 @@ def test_every_crash_point_recovers_to_the_same_result(flow_module, tmp_path):
     report = assert_recovers(m.Checkout().run, 3, workdir=str(tmp_path), progress=lambda k, n: seen.append(k))
     assert report.crash_points >= 20 and report.crashes_injected == report.crash_points
     assert report.recoveries == report.crash_points and seen == list(range(1, report.crash_points + 1))
-    assert {"step.intent.after_commit", "step.result.mid_txn", "flow.complete.mid_txn"} <= set(report.labels)
+    assert {"step.intent.after_commit", "step.result.carried", "flow.complete.mid_txn"} <= set(report.labels)
 
 
 def test_the_sweep_catches_a_broken_engine(flow_module, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _faults
+from . import _clock, _faults, _ownership
 from ._entries import bound_entry, check_flow_id, resolve_class, spec_of
 from ._handle import FlowHandle
 from ._marking import FlowSpec
@@ -34,6 +34,7 @@ from ._serialization import Codec, EncodeError, signal_context
 from ._serialization import hmac_key as key_from_env
 from ._store import open_store
 from ._store.base import TERMINAL, UNFINISHED, FlowInfo, StepInfo, Store
+from ._trampoline import current_run
 from ._waits import parent_id
 from .errors import FlowBusyError, FlowNotFoundError, SerializationError, SignalError, TransparentDEError
 
@@ -205,7 +206,7 @@ class Engine:
     @property
     def store(self) -> Store:
         """The journal, opened on first use (and again in a forked child: never a parent's)."""
-        if self._store is None or self._pid != os.getpid():
+        if self._store is None or self._pid != _ownership.pid():
             with self._lock:
                 if self._pid != os.getpid():
                     self._reset()
@@ -285,6 +286,7 @@ class Engine:
         """Start (or resume) a flow in the background; long sleeps and waits park it."""
         obj, name, fn = bound_entry(entry)
         spec_of(obj)
+        _settle_current_flow()
         fid = check_flow_id(flow_id) if flow_id is not None else self.runner.fresh_id(obj, name)
         # Create the rows now, so the flow exists (and can be signalled) when start() returns.
         state = self.runner.claim(obj, name, args, kwargs, fid, fn, create_only=True)
@@ -337,6 +339,7 @@ class Engine:
         """
         store = self.store
         _check_signal(self, flow_id, step, args, kwargs)
+        _settle_current_flow()
         codec = self.codec
 
         def seal(seq: int) -> bytes:  # the payload is bound to its row, so it is sealed once the row exists
@@ -360,6 +363,7 @@ class Engine:
         The flow runs again from where it failed (its completed steps are replayed).
         """
         store = self.store
+        _settle_current_flow()
         previous = store.rearm(flow_id, _clock.now_ms())
         if previous is None:
             raise FlowNotFoundError(flow_id=flow_id, path=store.path)
@@ -379,6 +383,7 @@ class Engine:
     def cancel(self, flow_id: str) -> None:
         """Mark an unfinished flow CANCELLED: it will not run again (a running step finishes)."""
         store = self.store
+        _settle_current_flow()
         previous = store.cancel(flow_id, _clock.now_ms())
         if previous is None:
             raise FlowNotFoundError(flow_id=flow_id, path=store.path)
@@ -430,6 +435,14 @@ class Engine:
     def _wait_for_signal_event(self, seconds: float) -> None:
         with self._signal_cv:
             self._signal_cv.wait(max(0.0, seconds))
+
+
+def _settle_current_flow() -> None:
+    """Called from flow code, an act on another flow (signal, start, cancel, retry) first writes
+    the steps this flow completed: the other flow may act on what they did (see Run.carry)."""
+    run = current_run.get()
+    if run is not None and run.active:
+        run.flush()
 
 
 def _runnable(engine: Engine, fid: str) -> bool:

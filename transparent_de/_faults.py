@@ -13,13 +13,13 @@ inside the transaction, after its statements and before its COMMIT (the store fi
 
     flow.start.before_insert  flow.start.mid_txn  flow.start.after_commit
     step.enter  step.intent.before_write  step.intent.mid_txn  step.intent.after_commit
-    (the body runs)  step.result.before_write  step.result.mid_txn  step.result.after_commit
+    (the body runs)  step.result.before_write  step.result.carried (written by the next commit)
     step.error.mid_txn  step.error.after_commit  step.retry.before_backoff
     sleep.start.mid_txn  sleep.after_deadline_written  sleep.wake.before_commit  sleep.wake.mid_txn
     signal.wait.mid_txn  signal.wait.after_write  signal.deliver.mid_txn  signal.send.mid_txn
     flow.complete.before  flow.complete.mid_txn  flow.complete.after_commit
-    flow.park.mid_txn  flow.fail.mid_txn  flow.release.mid_txn
-    journal.commit (other transactions: leases, cancel)  recovery.after_scan
+    flow.park.mid_txn  flow.fail.mid_txn  flow.release.mid_txn  flow.flush.mid_txn
+    journal.commit (other transactions: cancel, retry)  recovery.after_scan
 """
 
 from __future__ import annotations

@@ -12,6 +12,23 @@ import socket
 
 HOST = socket.gethostname()
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def pid() -> int:
+    """This process's pid, without a system call (``os.getpid()`` is one, and the engine asks
+    on every write whether it is still the process that opened its connections). Kept right
+    across ``os.fork()`` (``multiprocessing`` included) by an at-fork hook."""
+    return _pid
+
 
 def owner_alive(owner: str | None) -> bool:
     """Is the engine named by ``owner`` ('host:pid:token') possibly alive?"""

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _faults, _waits
+from . import _clock, _faults, _flush, _waits
 from . import _preview as preview
 from ._entries import canonical_call, declaring_class
 from ._exceptions import ExceptionRecord, record
@@ -34,6 +34,7 @@ from ._store.base import (
     Intent,
     LeaseLost,
     Op,
+    Release,
     Retry,
     StepFailed,
     StepRow,
@@ -103,7 +104,14 @@ class Run:
         self.active = True
         self.entry = ""  # the name of the entry this run executes (set by the runner)
         self.poisoned: TransparentDEError | None = None  # set by a step called from another thread
-        self.pending: list[Op] = []  # captured values not yet written: they ride with the next write
+        # Rows not yet written (a step's result, captured values): they ride with the flow's
+        # next write, or the flusher commits them (see carry and _flush). Guarded by _lock,
+        # which every write of the run holds: the flusher's thread writes them too.
+        self.pending: list[Op] = []
+        self._lock = threading.Lock()
+        self._since = 0.0  # monotonic time the oldest pending row was carried
+        self._flusher = engine.scheduler.flusher
+        self._full = engine.durability == "full"
         self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
         self.codec = engine.codec
         self.thread = threading.get_ident()
@@ -148,21 +156,100 @@ class Run:
         check_call(self, *args)
 
     def commit(self, label: str, *ops: Op) -> None:
-        """One fenced transaction of this flow (it renews the lease): the buffered captured
-        values, then ``ops``. ``label`` names the crash point before its COMMIT.
+        """One fenced transaction of this flow (it renews the lease): the carried rows, then
+        ``ops``. ``label`` names the crash point before its COMMIT.
 
         A journal error is an engine error, not a step's outcome: it unwinds the flow.
         """
         if self.poisoned is not None:
             raise EngineUnwind(self.poisoned)
+        with self._lock:
+            try:
+                if self.pending:
+                    self.store.commit(self.fence, [*self.pending, *ops], label)
+                    self.pending = []
+                else:
+                    self.store.commit(self.fence, ops, label)
+            except JournalError as exc:
+                raise EngineUnwind(self._at_step(exc)) from None
+
+    def carry(self, op: Op) -> None:
+        """Keep ``op`` for the flow's next write instead of committing it now (one commit per
+        step: a step's result rides with the next step's intent).
+
+        Safe because nothing can observe the row before that write: the next step, a sleep, a
+        park, a wait, a child flow, a signal sent from flow code and the flow's end all write
+        first, and when flow-level code runs long in between, the flusher's thread writes it
+        after :data:`._flush.FLUSH_AFTER`. A crash before then re-runs the step, as a crash
+        just after its body returned always did (docs/concepts.md, "What a crash re-runs").
+        """
+        with self._lock:
+            if not self.pending:
+                self._since = _clock.mono()
+                self._flusher.track(self)
+            self.pending.append(op)
+
+    def flush(self) -> None:
+        """Write the carried rows now (before flow code acts on other flows), power-loss
+        durably under ``durability="full"``."""
+        if self.pending:
+            self.commit("flow.flush.mid_txn")
+            if self._full:
+                self.sync()
+
+    def flush_due(self, now: float) -> float | None:
+        """(The flusher's thread) when the carried rows are due to be written; None if there
+        are none (the flow is then forgotten) or the flow is writing right now."""
+        if not self._lock.acquire(blocking=False):
+            return None
         try:
-            if self.pending:
-                self.store.commit(self.fence, [*self.pending, *ops], label)
-                self.pending = []
-            else:
-                self.store.commit(self.fence, ops, label)
-        except JournalError as exc:
-            raise EngineUnwind(self._at_step(exc)) from None
+            if self.pending and self.active and self.poisoned is None:
+                return self._since + _flush.FLUSH_AFTER
+            self._flusher.forget(self)
+            return None
+        finally:
+            self._lock.release()
+
+    def flush_carried(self) -> None:
+        """(The flusher's thread) commit the carried rows if the flow still carries them.
+
+        Any failure (a lost lease, a journal error) is left for the flow's own next write,
+        which meets it with the flow's context; nothing is written then.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self.pending and self.active and self.poisoned is None:
+                try:
+                    self.store.commit(self.fence, self.pending, None)
+                    if self._full:
+                        self.store.sync()
+                except BaseException:  # left for the flow's next write (docstring)
+                    log.debug("flow %s: carried rows left for its next write", self.flow_id, exc_info=True)
+                else:
+                    self.pending = []
+            self._flusher.forget(self)
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        """Give the flow up as it is, with the rows it carries (best effort: the journal may be
+        what failed)."""
+        with self._lock:
+            carried, self.pending = self.pending, []
+            if not (carried and self._write_release(carried)):
+                self._write_release([])  # e.g. a full disk: free the flow at least; its carried steps re-run
+
+    def _write_release(self, carried: list[Op]) -> bool:
+        try:
+            self.store.commit(self.fence, [*carried, Release(_clock.now_ms())], "flow.release.mid_txn")
+            if self._full:
+                self.store.sync()
+        except _faults.InjectedCrash:
+            raise  # a crash writes nothing more
+        except BaseException:  # best effort, see release()
+            return False
+        return True
 
     def sync(self) -> None:
         """Make this flow's commits power-loss durable (``durability="full"``)."""
@@ -277,7 +364,9 @@ class Run:
                 intent: Op = Intent(step, ts, cls_name, name, kind, params, fp, site)
             else:
                 intent = Retry(step, ts)
-            self.commit("step.intent.mid_txn", intent)
+            self.commit("step.intent.mid_txn", intent)  # with the previous step's result
+            if self._full:
+                self.sync()  # covers that result too: one fsync per step
             _faults.point("step.intent.after_commit")
             if self.engine._debug:
                 self.engine._debug_replay(self, step, name, "executing")
@@ -306,10 +395,9 @@ class Run:
             if fp is not None and not is_flat(args, kwargs):
                 warn_if_mutated(self, name, fp, args, kwargs)
             blob = self._encode(result, step, name, "the result", b"r")
-            self.commit("step.result.mid_txn", Complete(step, blob, _clock.now_ms()))
+            self.carry(Complete(step, blob, _clock.now_ms()))  # rides with the next write
             self.progressed = True
-            self.sync()
-            _faults.point("step.result.after_commit")
+            _faults.point("step.result.carried")
             return result
 
     def _record_failure(self, step: int, name: str, exc: BaseException) -> None:

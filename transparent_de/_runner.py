@@ -9,8 +9,8 @@ claimer that lost the race reads the flow again.
 dead (same host, its pid is gone), or when its owner has not renewed the lease for one
 lease length *as measured by the claimer's own monotonic clock*: the claimer remembers the
 ``(owner, fence, lease_until)`` it saw and when, and only if that has not changed for
-``lease_seconds`` does it take over. Every owner renews its leases (a heartbeat thread, and
-every write), and a renewal always changes ``lease_until``. No wall clock is compared with
+``lease_seconds`` does it take over. Every owner renews its leases (a heartbeat thread, every
+third of a lease length), and a renewal always changes ``lease_until``. No wall clock is compared with
 another process's: a claimer whose clock is an hour ahead, or an owner whose clock was
 stepped back, cannot make a live owner's flow look abandoned. (One consequence: a process
 that just started cannot take over a flow from an owner on another host at once; a worker
@@ -24,7 +24,6 @@ COMPLETE), a park (:class:`~._unwind.Park`: the flow waits, released), an escape
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -57,7 +56,6 @@ from ._store.base import (
     NewFlow,
     Op,
     Parked,
-    Release,
     Reopen,
     StepRow,
 )
@@ -308,12 +306,12 @@ class Runner:
                 raise
             except BaseException:
                 # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
-                _release(self.engine, run)
+                run.release()
                 raise
         except EngineUnwind as unwind:
             # An engine error inside flow code (journal I/O, corruption, non-determinism): it
             # unwound the flow past its handlers; the caller gets the error itself.
-            _release(self.engine, run)
+            run.release()
             raise unwind.error.with_traceback(unwind.__traceback__) from None
         except LeaseLost:
             raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None
@@ -464,12 +462,6 @@ def _fresh_id(engine: Engine, checked: set[tuple[str, str, str]], obj: Any, name
                 cls.__qualname__, name, waiting, engine.store.path,
             )  # fmt: skip
     return uuid.uuid4().hex
-
-
-def _release(engine: Engine, run: Run) -> None:
-    """Give the flow up as it is (best effort: the journal may be what failed)."""
-    with contextlib.suppress(BaseException):
-        engine.store.commit(run.fence, [Release(_clock.now_ms())], "flow.release.mid_txn")
 
 
 def _where(engine: Engine, fid: str, step: int = 0) -> Callable[[], dict[str, Any]]:

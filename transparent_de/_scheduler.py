@@ -1,4 +1,5 @@
-"""The engine's background threads: the flow pool, wake-ups of parked flows, lease renewal.
+"""The engine's background threads: the flow pool, wake-ups of parked flows, lease renewal
+(and the flusher of carried step results, :mod:`._flush`).
 
 A flow run in the background that waits long is *parked*: it unwinds, its journal row says
 when it is due (``wake_at``) or what it waits for (``waiting_for``), and it is remembered
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
+from ._flush import Flusher
 from ._runner import RetryLater
 from ._store.base import TERMINAL, LeaseLost
 from ._unwind import Park
@@ -53,6 +55,7 @@ class Scheduler:
         self._closed = False
         self._stop = threading.Event()
         self._jobs: set[str] = set()  # flows submitted to the pool and not finished there
+        self.flusher = Flusher()  # writes a step's carried result when flow code runs long after it
 
     def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -225,6 +228,7 @@ class Scheduler:
             self._closed = True
             self._wakeup.notify_all()
         self._stop.set()
+        self.flusher.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -100,7 +100,7 @@ def sleep(run: Run, seconds: float) -> None:
             raise Park(wake_at=deadline, waiting_for=None, after=remaining)
         _real_sleep(remaining)
     _faults.point("sleep.wake.before_commit")
-    run.commit("sleep.wake.mid_txn", Complete(step, None, _clock.now_ms()))
+    run.carry(Complete(step, None, _clock.now_ms()))  # rides with the next write, as a step's result
 
 
 # --------------------------------------------------------------------------- signals
@@ -148,7 +148,7 @@ def wait_signal(run: Run, obj: Any, name: str, timeout: float | None) -> Any:
         taken = _take_signal(run, step, name)
         if taken is not None:
             if shown_waiting:
-                run.pending.append(Waiting(None, _clock.now_ms()))  # rides with the step's intent
+                run.carry(Waiting(None, _clock.now_ms()))  # rides with the step's intent
             args, kwargs = taken
             return run._execute(
                 step,
@@ -281,5 +281,5 @@ def capture(
     result = fn(*args, **kwargs) if override is None else override(what, step, fn, args, kwargs)
     value = list(args[0]) if what == "random.shuffle" else result
     blob = run._encode(value, step, what, "the captured value", b"r")
-    run.pending.append(Captured(step, _clock.now_ms(), module, method, blob, fp))
+    run.carry(Captured(step, _clock.now_ms(), module, method, blob, fp))
     return result

@@ -389,10 +389,11 @@ class Store(abc.ABC):
         """Every row of the flow but step 0, by step number (what a replay needs)."""
 
     @abc.abstractmethod
-    def commit(self, fence: Fence, ops: Sequence[Op], label: str) -> None:
+    def commit(self, fence: Fence, ops: Sequence[Op], label: str | None) -> None:
         """Apply ``ops`` in one transaction, fenced: refused with :class:`LeaseLost` (nothing
         written) if the flow is no longer ours. ``label`` names the crash point just before the
-        transaction commits (docs/fuzzing.md)."""
+        transaction commits (docs/fuzzing.md); None for writes whose timing is not the flow's
+        (the flusher's), which have none."""
 
     @abc.abstractmethod
     def sync(self) -> None:

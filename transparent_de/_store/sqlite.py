@@ -112,7 +112,7 @@ class SQLiteStore(Store):
     def load_steps(self, flow_id: str) -> dict[int, StepRow]:
         return {r[0]: StepRow(*r) for r in self.file.read(Q["load_steps"], (flow_id,))}
 
-    def commit(self, fence: Fence, ops: Sequence[Op], label: str) -> None:
+    def commit(self, fence: Fence, ops: Sequence[Op], label: str | None) -> None:
         fid = fence.flow_id
         with self.file.write(fence, label) as con:
             for op in ops:

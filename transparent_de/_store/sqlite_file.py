@@ -25,10 +25,12 @@ Design points (each pinned by a test):
   shared by every thread that committed before it started (group commit). A step's *intent*
   is not fsynced on its own: losing it to a power cut only loses the attempt count, since a
   step without a recorded result runs again anyway. So a step costs one fsync, not two.
-* **Fencing.** Every write of a flow's rows runs ``UPDATE flows SET lease_until=...
-  WHERE owner=? AND fence=?`` in the same transaction; if another process took the flow
-  over, the write is refused with :class:`LeaseLost` and nothing is committed. (Checking
-  with a ``SELECT`` and renewing less often was measured: no difference within noise.)
+* **Fencing.** Every write of a flow's rows first reads ``flows`` for the flow's owner and
+  fencing token, in the same ``BEGIN IMMEDIATE`` transaction (so nothing can change them
+  before COMMIT); if another process took the flow over, the write is refused with
+  :class:`LeaseLost` and nothing is committed. A read, not a lease renewal: a step's commit
+  then changes only its own page of ``execution_log`` (one WAL frame instead of two; the
+  heartbeat renews leases, see ``renew``).
 * **Read-only** files (``readonly=True``) are opened through read-only connections and never
   created, initialised or switched to WAL.
 """
@@ -45,7 +47,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from .. import _clock, _faults
+from .. import _faults, _ownership
 from ..errors import (
     CorruptJournalError,
     ForeignDatabaseError,
@@ -123,9 +125,7 @@ class _Write:
         fence = self.fence
         if fence is not None:
             try:
-                t = _clock.now_ms()
-                params = (t + fence.lease_ms, t, fence.flow_id, fence.owner, fence.token)
-                if con.execute(Q["fence"], params).rowcount != 1:
+                if con.execute(Q["fence"], (fence.flow_id, fence.owner, fence.token)).fetchone() is None:
                     raise LeaseLost(fence.flow_id)
             except BaseException as exc:
                 self._rollback()
@@ -342,7 +342,7 @@ class SQLiteFile:
 
     def conn(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid():
+        if con is not None and self._local.pid == _ownership.pid():
             return con
         try:
             if self.readonly:
@@ -368,7 +368,7 @@ class SQLiteFile:
         if _debug_sql():
             con.set_trace_callback(lambda s: print(f"[tde sql {threading.get_ident()}] {s}", file=sys.stderr))
         self._local.con = con
-        self._local.pid = os.getpid()
+        self._local.pid = _ownership.pid()
         with self._lock:
             self._all.append(con)
         return con
@@ -469,7 +469,7 @@ class SQLiteFile:
         except FileNotFoundError:
             return None
         ino = (st.st_dev, st.st_ino)
-        if self._wal_fd is None or self._wal_ino != ino or os.getpid() != self._pid:
+        if self._wal_fd is None or self._wal_ino != ino or _ownership.pid() != self._pid:
             if self._wal_fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._wal_fd)

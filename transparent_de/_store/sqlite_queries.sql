@@ -4,11 +4,10 @@
 -- ------------------------------------------------------------------ ownership
 
 -- name: fence
--- In every write transaction of a flow: renews the lease, and matches no row (refusing the
--- write) once another engine took the flow over. A renewal always changes lease_until (even
--- if this process's clock stands still or went back): others see renewals as changes.
-UPDATE flows SET lease_until = max(coalesce(lease_until, 0) + 1, ?), updated = ?
-WHERE flow_id = ? AND owner = ? AND fence = ?
+-- In every write transaction of a flow: matches no row (refusing the write) once another
+-- engine took the flow over. A read, so a step's commit changes only its own journal page;
+-- the heartbeat renews the lease (see renew).
+SELECT 1 FROM flows WHERE flow_id = ? AND owner = ? AND fence = ?
 
 -- name: flow_state
 SELECT f.status, f.owner, f.lease_until, f.fence, e.class_name, e.method_name, e.fingerprint, f.failures,
@@ -37,7 +36,8 @@ WHERE flow_id = ? AND fence = ?
 UPDATE execution_log SET attempts = attempts + 1, updated = ? WHERE flow_id = ? AND step = 0
 
 -- name: renew
--- The heartbeat of a running flow (always a change of lease_until, as in `fence`).
+-- The heartbeat of a running flow. A renewal always changes lease_until (even if this
+-- process's clock stands still or went back): others see renewals as changes.
 UPDATE flows SET lease_until = max(coalesce(lease_until, 0) + 1, ?) WHERE flow_id = ? AND owner = ?
 
 -- name: cancel_flow
