@@ -11,12 +11,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from transparent_de._run import Run
 from transparent_de._runner import Runner
 from transparent_de._store import sqlite as store
 from transparent_de._store.base import Complete, Intent, Retry
 from transparent_de._store.sqlite_file import SQLiteFile
 from transparent_de._store.sqlite_sql import Q
+from transparent_de._writes import FlowWriter
 
 
 def _query(name: str, text: str) -> Callable[[], Callable[[], None]]:
@@ -71,7 +71,7 @@ def _not_full(init: Callable[..., None]) -> Callable[..., None]:
 
     def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        self._full = False
+        self.full = False
 
     return wrapped
 
@@ -103,11 +103,13 @@ BUGS: dict[str, Callable[[], Callable[[], None]]] = {
     "skip-sync": _attr(SQLiteFile, "sync", lambda self: None),
     # a step's result is never written (the carried COMPLETE row is dropped)
     "drop-carried-result": _attr(
-        Run, "carry", lambda self, op, _carry=Run.carry: None if isinstance(op, Complete) else _carry(self, op)
+        FlowWriter,
+        "carry",
+        lambda self, op, _carry=FlowWriter.carry: None if isinstance(op, Complete) else _carry(self, op),
     ),
     # durability="full" syncs the flow's end, timers and failures, but not the commit that
     # carries a step's result with the next intent
-    "unsynced-carried-result": lambda: _attr(Run, "__init__", _not_full(Run.__init__))(),
+    "unsynced-carried-result": lambda: _attr(FlowWriter, "__init__", _not_full(FlowWriter.__init__))(),
     # a flow owned by a live process is taken over
     "steal-live-lease": _attr(Runner, "owned_elsewhere", lambda self, fid, owner, lease_until, fence: False),
 }

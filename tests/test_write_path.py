@@ -18,7 +18,7 @@ import pytest
 from helpers import query
 
 import transparent_de
-from transparent_de import Engine, _flush
+from transparent_de import Engine, _writes
 
 SOURCE = """
 import threading
@@ -117,7 +117,7 @@ def _held(m: Any, engine: Engine, fid: str, tell: str | None = None) -> tuple[th
 def test_a_result_is_carried_until_the_next_write(
     engine: Engine, flow_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_flush, "FLUSH_AFTER", 60.0)  # no timed flush in this test
+    monkeypatch.setattr(_writes, "FLUSH_AFTER", 60.0)  # no timed flush in this test
     m = flow_module(SOURCE)
     thread, out = _held(m, engine, "carried")
     try:
@@ -149,7 +149,7 @@ def test_a_signal_sent_from_flow_code_writes_the_carried_result_first(
 ) -> None:
     """What the flow does to other flows may depend on its completed steps: they are written
     before (here with no timed flush at all)."""
-    monkeypatch.setattr(_flush, "FLUSH_AFTER", 60.0)
+    monkeypatch.setattr(_writes, "FLUSH_AFTER", 60.0)
     m = flow_module(SOURCE)
     waiter = transparent_de.start(m.Waiter().run, flow_id="waiter")
     thread, out = _held(m, engine, "teller", tell="waiter")

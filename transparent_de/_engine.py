@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from ._waits import parent_id
 from .errors import FlowBusyError, FlowNotFoundError, SerializationError, SignalError, TransparentDEError
 
 if TYPE_CHECKING:
-    from ._run import Run
+    pass
 
 log = logging.getLogger("transparent_de")
 
@@ -241,10 +240,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _debug_replay(self, run: Run, step: int, name: str, what: str) -> None:
-        """``TDE_DEBUG=replay`` output; callers test ``self._debug`` first (it is the step path)."""
-        print(f"[tde replay] {run.flow_id} step {step} {name}: {what}", file=sys.stderr)
 
     # ------------------------------------------------------------------ flows running here
 

@@ -16,13 +16,14 @@ anything runs.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _faults, _flush, _waits
+from . import _clock, _faults, _waits
 from . import _preview as preview
 from ._entries import canonical_call, declaring_class
 from ._exceptions import ExceptionRecord, record
@@ -34,13 +35,13 @@ from ._store.base import (
     Intent,
     LeaseLost,
     Op,
-    Release,
     Retry,
     StepFailed,
     StepRow,
     Store,
 )
 from ._unwind import EngineUnwind, Park, RemoteError
+from ._writes import FlowWriter
 from .errors import (
     JournalError,
     JournalIOError,
@@ -104,14 +105,13 @@ class Run:
         self.active = True
         self.entry = ""  # the name of the entry this run executes (set by the runner)
         self.poisoned: TransparentDEError | None = None  # set by a step called from another thread
-        # Rows not yet written (a step's result, captured values): they ride with the flow's
-        # next write, or the flusher commits them (see carry and _flush). Guarded by _lock,
-        # which every write of the run holds: the flusher's thread writes them too.
-        self.pending: list[Op] = []
-        self._lock = threading.Lock()
-        self._since = 0.0  # monotonic time the oldest pending row was carried
-        self._flusher = engine.scheduler.flusher
-        self._full = engine.durability == "full"
+        # The write path: fenced commits that take the carried rows first (_writes).
+        self.writer = FlowWriter(
+            self.store, self.fence, engine.scheduler.flusher, engine.durability == "full"
+        )
+        # carry(op): keep a step's result or a captured value for the flow's next write instead
+        # of committing it now (one commit per step; FlowWriter.carry says why that is safe).
+        self.carry = self.writer.carry
         self.failures: dict[int, BaseException] = {}  # step -> exception raised into flow code
         self.codec = engine.codec
         self.thread = threading.get_ident()
@@ -156,100 +156,30 @@ class Run:
         check_call(self, *args)
 
     def commit(self, label: str, *ops: Op) -> None:
-        """One fenced transaction of this flow (it renews the lease): the carried rows, then
-        ``ops``. ``label`` names the crash point before its COMMIT.
+        """One fenced transaction of this flow: the carried rows, then ``ops``. ``label`` names
+        the crash point before its COMMIT.
 
         A journal error is an engine error, not a step's outcome: it unwinds the flow.
         """
         if self.poisoned is not None:
             raise EngineUnwind(self.poisoned)
-        with self._lock:
-            try:
-                if self.pending:
-                    self.store.commit(self.fence, [*self.pending, *ops], label)
-                    self.pending = []
-                else:
-                    self.store.commit(self.fence, ops, label)
-            except JournalError as exc:
-                raise EngineUnwind(self._at_step(exc)) from None
-
-    def carry(self, op: Op) -> None:
-        """Keep ``op`` for the flow's next write instead of committing it now (one commit per
-        step: a step's result rides with the next step's intent).
-
-        Safe because nothing can observe the row before that write: the next step, a sleep, a
-        park, a wait, a child flow, a signal sent from flow code and the flow's end all write
-        first, and when flow-level code runs long in between, the flusher's thread writes it
-        after :data:`._flush.FLUSH_AFTER`. A crash before then re-runs the step, as a crash
-        just after its body returned always did (docs/concepts.md, "What a crash re-runs").
-        """
-        with self._lock:
-            if not self.pending:
-                self._since = _clock.mono()
-                self._flusher.track(self)
-            self.pending.append(op)
+        try:
+            self.writer.commit(label, ops)
+        except JournalError as exc:
+            raise EngineUnwind(self._at_step(exc)) from None
 
     def flush(self) -> None:
         """Write the carried rows now (before flow code acts on other flows), power-loss
         durably under ``durability="full"``."""
-        if self.pending:
+        if self.writer.pending:
             self.commit("flow.flush.mid_txn")
-            if self._full:
+            if self.writer.full:
                 self.sync()
 
-    def flush_due(self, now: float) -> float | None:
-        """(The flusher's thread) when the carried rows are due to be written; None if there
-        are none (the flow is then forgotten) or the flow is writing right now."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            if self.pending and self.active and self.poisoned is None:
-                return self._since + _flush.FLUSH_AFTER
-            self._flusher.forget(self)
-            return None
-        finally:
-            self._lock.release()
-
-    def flush_carried(self) -> None:
-        """(The flusher's thread) commit the carried rows if the flow still carries them.
-
-        Any failure (a lost lease, a journal error) is left for the flow's own next write,
-        which meets it with the flow's context; nothing is written then.
-        """
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            if self.pending and self.active and self.poisoned is None:
-                try:
-                    self.store.commit(self.fence, self.pending, None)
-                    if self._full:
-                        self.store.sync()
-                except BaseException:  # left for the flow's next write (docstring)
-                    log.debug("flow %s: carried rows left for its next write", self.flow_id, exc_info=True)
-                else:
-                    self.pending = []
-            self._flusher.forget(self)
-        finally:
-            self._lock.release()
-
-    def release(self) -> None:
-        """Give the flow up as it is, with the rows it carries (best effort: the journal may be
-        what failed)."""
-        with self._lock:
-            carried, self.pending = self.pending, []
-            if not (carried and self._write_release(carried)):
-                self._write_release([])  # e.g. a full disk: free the flow at least; its carried steps re-run
-
-    def _write_release(self, carried: list[Op]) -> bool:
-        try:
-            self.store.commit(self.fence, [*carried, Release(_clock.now_ms())], "flow.release.mid_txn")
-            if self._full:
-                self.store.sync()
-        except _faults.InjectedCrash:
-            raise  # a crash writes nothing more
-        except BaseException:  # best effort, see release()
-            return False
-        return True
+    def end(self) -> None:
+        """The run is over (however it ended): nothing more is written for it."""
+        self.active = False
+        self.writer.close()
 
     def sync(self) -> None:
         """Make this flow's commits power-loss durable (``durability="full"``)."""
@@ -314,11 +244,11 @@ class Run:
             check_call(self, step, row, cls_name, name, fp, (args, kwargs))
             if row.status == "COMPLETE":
                 if self.engine._debug:
-                    self.engine._debug_replay(self, step, name, "replayed")
+                    _debug_replay(self, step, name, "replayed")
                 return self._decode(row.return_value, step, b"r")
             if row.status == "FAILED":
                 if self.engine._debug:
-                    self.engine._debug_replay(self, step, name, "replayed failure")
+                    _debug_replay(self, step, name, "replayed failure")
                 raise self._replay_failure(step, row)
         if fn is None:
             return self._execute(
@@ -365,11 +295,11 @@ class Run:
             else:
                 intent = Retry(step, ts)
             self.commit("step.intent.mid_txn", intent)  # with the previous step's result
-            if self._full:
+            if self.writer.full:
                 self.sync()  # covers that result too: one fsync per step
             _faults.point("step.intent.after_commit")
             if self.engine._debug:
-                self.engine._debug_replay(self, step, name, "executing")
+                _debug_replay(self, step, name, "executing")
             self.in_step = True
             try:
                 result = call()
@@ -442,6 +372,11 @@ class Run:
     ) -> Any:
         """An entry of another flow called from flow code (see :func:`._waits.child_flow`)."""
         return _waits.child_flow(self, obj, name, args, kwargs, fn)
+
+
+def _debug_replay(run: Run, step: int, name: str, what: str) -> None:
+    """``TDE_DEBUG=replay`` output; callers test ``engine._debug`` first (it is the step path)."""
+    print(f"[tde replay] {run.flow_id} step {step} {name}: {what}", file=sys.stderr)
 
 
 def check_call(

@@ -279,7 +279,7 @@ class Runner:
         try:
             return self._drive(run, fn, obj, args, kwargs)
         finally:
-            run.active = False
+            run.end()
             engine.unreserve(fid)
 
     def _drive(self, run: Run, fn: Callable[..., Any], obj: Any, args: Any, kwargs: Any) -> Any:
@@ -306,12 +306,12 @@ class Runner:
                 raise
             except BaseException:
                 # KeyboardInterrupt, SystemExit: leave the flow resumable and free it for recovery.
-                run.release()
+                run.writer.release()
                 raise
         except EngineUnwind as unwind:
             # An engine error inside flow code (journal I/O, corruption, non-determinism): it
             # unwound the flow past its handlers; the caller gets the error itself.
-            run.release()
+            run.writer.release()
             raise unwind.error.with_traceback(unwind.__traceback__) from None
         except LeaseLost:
             raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None

@@ -1,5 +1,5 @@
 """The engine's background threads: the flow pool, wake-ups of parked flows, lease renewal
-(and the flusher of carried step results, :mod:`._flush`).
+(and the flusher of carried step results, :mod:`._writes`).
 
 A flow run in the background that waits long is *parked*: it unwinds, its journal row says
 when it is due (``wake_at``) or what it waits for (``waiting_for``), and it is remembered
@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
-from ._flush import Flusher
 from ._runner import RetryLater
 from ._store.base import TERMINAL, LeaseLost
 from ._unwind import Park
+from ._writes import Flusher
 from .errors import FlowBusyError, LeaseLostError, TransparentDEError
 
 if TYPE_CHECKING:
