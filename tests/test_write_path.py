@@ -247,3 +247,15 @@ def test_a_kill_in_long_flow_code_after_the_flush_does_not_rerun_the_step(tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2]"
     assert effects.read_text().splitlines() == ["first"]  # replayed, not re-run
+
+
+def test_checkpoints_run_on_their_own_thread(engine: Engine, flow_module: Any) -> None:
+    """No step's COMMIT copies the WAL into the database (SQLite's autocheckpoint is off on our
+    connections); the checkpointer's thread does, so the WAL stays bounded."""
+    m = flow_module(SOURCE)
+    file = engine.store.file  # type: ignore[attr-defined]
+    assert file.conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    engine.run(m.Steps().run, 2_000, flow_id="long")
+    _until(lambda: file.checkpointer.done >= 2)
+    engine.run(m.Steps().run, 600, flow_id="more")  # a writer restarts the WAL after a full checkpoint
+    assert os.path.getsize(file.path + "-wal") < 8 * 1024 * 1024

@@ -31,6 +31,8 @@ Design points (each pinned by a test):
   :class:`LeaseLost` and nothing is committed. A read, not a lease renewal: a step's commit
   then changes only its own page of ``execution_log`` (one WAL frame instead of two; the
   heartbeat renews leases, see ``renew``).
+* **Checkpoints** run on a thread of their own (:mod:`.sqlite_checkpoint`), not inside a
+  step's COMMIT.
 * **Read-only** files (``readonly=True``) are opened through read-only connections and never
   created, initialised or switched to WAL.
 """
@@ -57,6 +59,7 @@ from ..errors import (
     SchemaTooNewError,
 )
 from .base import Fence, LeaseLost
+from .sqlite_checkpoint import CHECKPOINT_EVERY, Checkpointer
 from .sqlite_sql import APPLICATION_ID, MIGRATIONS, SCHEMA, SCHEMA_VERSION, Q
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -151,6 +154,8 @@ class _Write:
                 raise journal._io_error("write", failure) from failure
             raise
         journal._commit_gen += 1  # under the write lock: sync() reads it to know what to cover
+        if not journal._commit_gen % CHECKPOINT_EVERY:
+            journal.checkpointer.poke()
         journal._write_lock.release()
 
     def _rollback(self) -> None:
@@ -233,6 +238,7 @@ class SQLiteFile:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self.checkpointer = Checkpointer(self.path, busy_timeout, self._write_lock)
         self._commit_gen = 0
         self._synced_gen = 0
         self._wal_fd: int | None = None
@@ -359,6 +365,7 @@ class SQLiteFile:
                 )
                 self._wal_mode(con)
                 con.execute("PRAGMA synchronous=NORMAL")
+                con.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             con.execute("PRAGMA trusted_schema=OFF")
         except sqlite3.DatabaseError as exc:
@@ -397,6 +404,7 @@ class SQLiteFile:
 
     def close(self) -> None:
         """Close every connection this journal opened (in this process)."""
+        self.checkpointer.close()
         with self._lock:
             cons, self._all = self._all, []
         for con in cons:
@@ -443,7 +451,9 @@ class SQLiteFile:
         """Make every commit made so far power-loss durable (no-op in 'process' mode).
 
         Group commit: a thread whose commit is already covered by an fsync that *started*
-        after it returns at once; concurrent flows share one fsync.
+        after it returns at once; concurrent flows share one fsync (16 flows: about 0.25 fsync
+        per step, measured; waiting for more commits to gather was tried and gained nothing
+        measurable).
         """
         if self.durability != "full":
             return
