@@ -44,10 +44,10 @@ def open_store(
 ) -> Store:
     backend, location = parse(database)
     if backend == "postgresql":
-        raise ValueError(
-            f"{location!r}: the PostgreSQL journal is not part of this version of transparent_de; "
-            "use a SQLite file path"
-        )
+        _need_psycopg()
+        from .postgres import PostgresStore
+
+        return PostgresStore(location, durability, busy_timeout, readonly=readonly)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(location, durability, busy_timeout, readonly=readonly)
@@ -59,8 +59,45 @@ def inspect(database: str | os.PathLike[str]) -> Health:
     Raises ``sqlite3.Error`` (or the backend's error) when the journal cannot be read at all.
     """
     backend, location = parse(database)
-    if backend != "sqlite":
-        raise ValueError(f"{location!r}: only SQLite journals can be inspected by this version")
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import inspect as inspect_postgres
+
+        return inspect_postgres(location)
     from .sqlite import inspect as inspect_sqlite
 
     return inspect_sqlite(location)
+
+
+def exists(database: str | os.PathLike[str]) -> bool:
+    """Is there a journal at ``database`` (a file; a schema of ours)? Creates nothing."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import exists as exists_postgres
+
+        return exists_postgres(location)
+    return os.path.exists(location)
+
+
+def display(database: str | os.PathLike[str]) -> str:
+    """The database string for messages: an absolute path, or a URL without its password."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres_db import parse_url
+
+        return parse_url(location).display
+    return os.path.abspath(location)
+
+
+def _need_psycopg() -> None:
+    """The PostgreSQL backend, imported only when a URL asks for it (psycopg is an extra)."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"a postgresql:// journal needs psycopg 3 and psycopg_pool, which are not installed ({exc}). "
+            "Install them with: pip install 'transparent-de[postgres]'"
+        ) from None
