@@ -130,7 +130,9 @@ class PostgresStore(Store):
         if self.readonly:
             raise TypeError(f"journal {self.path} was opened read-only")
         seq = int(self.db.read(Q["next_seq"])[0][0])  # allocated first: the payload is signed for it
-        self.db.write([(Q["insert_signal"], (seq, flow_id, step_name, seal(seq), sent))], label="signal.send.mid_txn")
+        self.db.write(
+            [(Q["insert_signal"], (seq, flow_id, step_name, seal(seq), sent))], label="signal.send.mid_txn"
+        )
         return seq
 
     def next_signal(self, flow_id: str, step_name: str) -> tuple[int, bytes] | None:

@@ -14,7 +14,9 @@ store. Design points (docs/postgres.md has the user's side):
 * **Connections** come from a ``psycopg_pool.ConnectionPool`` (autocommit; each transaction is
   an explicit ``BEGIN ... COMMIT``). Each connection sets once: ``search_path`` to our schema,
   ``synchronous_commit`` (``on`` for ``durability="full"``: a commit returns once the server's
-  WAL is flushed; ``off`` for ``"process"``), ``lock_timeout`` (the busy timeout), and
+  WAL is flushed; ``off`` for ``"process"``), ``lock_timeout`` and
+  ``idle_in_transaction_session_timeout`` (the busy timeout: a process stopped inside a
+  transaction must not hold its flows' rows for ever), and
   ``default_transaction_read_only`` for read-only stores (the server refuses their writes too).
 * **One round trip per commit.** ``BEGIN``, the fence, the statements and ``COMMIT`` go in one
   pipeline. The fence (``tde_fence``) and a conditional signal take (``tde_consume``) raise on
@@ -101,7 +103,9 @@ def _debug_sql() -> bool:
 class PostgresDB:
     """One journal schema in one PostgreSQL database, through a pool. Thread-safe."""
 
-    def __init__(self, url: str, durability: str = "full", busy_timeout: float = 10.0, readonly: bool = False) -> None:
+    def __init__(
+        self, url: str, durability: str = "full", busy_timeout: float = 10.0, readonly: bool = False
+    ) -> None:
         if durability not in ("full", "process"):
             raise ValueError(f"durability must be 'full' or 'process', not {durability!r}")
         self.location = loc = parse_url(url)
@@ -205,6 +209,7 @@ class PostgresDB:
                 search_path,
                 "on" if self.durability == "full" else "off",
                 f"{int(self.busy_timeout * 1000)}ms",
+                f"{int(max(self.busy_timeout, 1.0) * 1000)}ms",
                 "on" if self.readonly else "off",
                 "transparent_de",
             ),
@@ -242,7 +247,9 @@ class PostgresDB:
                 pool.close(timeout=5)
 
     def io_error(self, operation: str, exc: BaseException) -> JournalIOError:
-        return JournalIOError(path=self.path, operation=operation, detail=f"{type(exc).__name__}: {exc}".strip())
+        return JournalIOError(
+            path=self.path, operation=operation, detail=f"{type(exc).__name__}: {exc}".strip()
+        )
 
     def _broken(self, exc: BaseException) -> None:
         """After a connection failure: drop the pool's other broken connections now."""
@@ -279,7 +286,10 @@ class PostgresDB:
         raise AssertionError("unreachable")
 
     def write(
-        self, statements: Sequence[Statement], fence: Fence | None = None, label: str | None = "journal.commit"
+        self,
+        statements: Sequence[Statement],
+        fence: Fence | None = None,
+        label: str | None = "journal.commit",
     ) -> list[psycopg.Cursor[Any]]:
         """Run ``statements`` in one transaction, fenced by ``fence``; return their cursors (row
         counts, rows). Raises :class:`LeaseLost` or :class:`Conflict` (nothing written) when the

@@ -25,11 +25,12 @@ UPDATE journal_meta SET schema_version = %s
 SELECT pg_advisory_xact_lock(hashtext('transparent_de:' || %s))
 
 -- name: configure
--- Each pooled connection, once: our schema first, the durability setting, the lock wait, and
--- read-only for stores opened read-only.
+-- Each pooled connection, once: our schema first, the durability setting, the lock wait, a cap
+-- on a transaction left open by a stopped process (its row locks would block the takeover of
+-- its flows), and read-only for stores opened read-only.
 SELECT set_config('search_path', %s, false), set_config('synchronous_commit', %s, false),
-       set_config('lock_timeout', %s, false), set_config('default_transaction_read_only', %s, false),
-       set_config('application_name', %s, false)
+       set_config('lock_timeout', %s, false), set_config('idle_in_transaction_session_timeout', %s, false),
+       set_config('default_transaction_read_only', %s, false), set_config('application_name', %s, false)
 
 -- name: settings
 SELECT name, setting FROM pg_catalog.pg_settings
