@@ -8,6 +8,7 @@ scheme is an error naming the ones we know, never a file of that name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -89,6 +90,44 @@ def display(database: str | os.PathLike[str]) -> str:
 
         return parse_url(location).display
     return os.path.abspath(location)
+
+
+def schema_sql(database: str | os.PathLike[str]) -> str:
+    """The SQL that creates this journal's schema, for a DBA to review or run by hand."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        from .postgres_db import parse_url, schema_script
+
+        return schema_script(parse_url(location).schema)
+    from .sqlite_sql import APPLICATION_ID, SCHEMA, SCHEMA_VERSION
+
+    return f"{SCHEMA.strip()}\nPRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = {SCHEMA_VERSION};\n"
+
+
+def sibling(database: str | os.PathLike[str], name: str) -> str:
+    """Another journal beside ``database``: a file ``name.db`` in its folder, or, on PostgreSQL,
+    the schema ``<schema>_<name>`` of the same database (crash sweeps make one per crash point)."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import with_schema
+
+        return with_schema(location, name)
+    return os.path.join(os.path.dirname(os.path.abspath(location)), f"{name}.db")
+
+
+def drop(database: str | os.PathLike[str]) -> None:
+    """Delete a journal made by :func:`sibling` (its file, or its schema), if it exists."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import drop_schema
+
+        drop_schema(location)
+        return
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(location + suffix)
 
 
 def _need_psycopg() -> None:

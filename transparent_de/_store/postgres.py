@@ -8,6 +8,7 @@ journal: a flow's writes are fenced by its token, claims are compare-and-set on 
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -211,6 +212,21 @@ def exists(url: str) -> bool:
         return not store.db.empty
     finally:
         store.close()
+
+
+def with_schema(url: str, name: str) -> str:
+    """The URL of schema ``<schema>_<name>`` in the same database."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    query.append(("schema", f"{parse_url(url).schema}_{name}"[:63]))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def drop_schema(url: str) -> None:
+    """Drop the URL's schema with everything in it (a crash sweep's scratch journals)."""
+    loc = parse_url(url)
+    with psycopg.connect(loc.conninfo, autocommit=True) as con:
+        con.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(loc.schema)))
 
 
 def inspect(url: str) -> Health:
