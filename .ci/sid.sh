@@ -77,7 +77,7 @@ sid_enter() {
 
 sid_run() {
   local keep=() v
-  for v in CI HYPOTHESIS_PROFILE PYTHONDONTWRITEBYTECODE TDE_DEBUG TDE_XV_JOURNAL; do
+  for v in CI HYPOTHESIS_PROFILE PYTHONDONTWRITEBYTECODE TDE_DEBUG TDE_XV_JOURNAL TDE_TEST_BACKENDS; do
     [ -n "${!v+x}" ] && keep+=("$v=${!v}")
   done
   chroot "$SID" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin \

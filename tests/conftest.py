@@ -23,12 +23,75 @@ from transparent_de import _api
 _counter = itertools.count()
 
 
+# --------------------------------------------------------------------------- journal backends
+#
+# Every test that takes `database` (or `engine`, built on it) runs on each backend with the same
+# assertions: SQLite, and PostgreSQL on a throwaway cluster (tests/pg.py) started once per
+# session, a schema of its own per test. Without server binaries the PostgreSQL runs are skipped
+# with the reason. TDE_TEST_BACKENDS=sqlite (or =postgres) runs one of them only. A test marked
+# `sqlite_only` (file modes, WAL, damaged files) runs on SQLite alone.
+
+BACKENDS = [b for b in os.environ.get("TDE_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: the test is about the SQLite file itself")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        backend = params.params.get("database") if params is not None else None
+        if backend == "postgres" and item.get_closest_marker("sqlite_only"):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One PostgreSQL cluster for the session (skipped, with the reason, where none can run)."""
+    import pg
+
+    why = pg.unavailable()
+    if why and os.environ.get("TDE_REQUIRE_POSTGRES"):  # CI: a missing server is a failure, not a skip
+        pytest.fail(f"TDE_REQUIRE_POSTGRES is set but no PostgreSQL cluster can run here: {why}")
+    if why:
+        pytest.skip(f"PostgreSQL tests skipped: {why}")
+    cluster = pg.Cluster()
+    print(f"\n[postgres cluster started in {cluster.start_seconds:.2f}s at {cluster.dir}]")
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh journal's database string: a file in tmp_path, or a schema of its own in Postgres."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_cluster").url())
+    return str(tmp_path / "journal.db")
+
+
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[transparent_de.Engine]:
-    """The default engine, on a journal in this test's tmp dir (process durability: fast)."""
-    eng = transparent_de.configure(
-        database=tmp_path / "journal.db", durability="process", poll_interval=0.02, park_after=0.2
-    )
+def fresh_database(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """More fresh journals on the test's backend: ``fresh_database("name")`` -> a database string."""
+
+    def make(name: str) -> str:
+        if database.startswith("postgresql://"):
+            return str(request.getfixturevalue("pg_cluster").url())
+        return str(tmp_path / f"{name}.db")
+
+    return make
+
+
+@pytest.fixture
+def engine(database: str) -> Iterator[transparent_de.Engine]:
+    """The default engine, on a fresh journal (process durability: fast), on each backend."""
+    eng = transparent_de.configure(database=database, durability="process", poll_interval=0.02, park_after=0.2)
     yield eng
     eng.close()
     _api._default = None

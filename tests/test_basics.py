@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
+from helpers import query
 
 import transparent_de
 from transparent_de.errors import FlowNotRewrittenError, NonDeterminismError
@@ -32,14 +31,11 @@ class Hello:
 
 
 def rows(engine, flow_id):
-    con = sqlite3.connect(engine.store.path)
-    try:
-        return con.execute(
-            "SELECT step, method_name, status, attempts FROM execution_log WHERE flow_id=? ORDER BY step",
-            (flow_id,),
-        ).fetchall()
-    finally:
-        con.close()
+    return query(
+        engine,
+        "SELECT step, method_name, status, attempts FROM execution_log WHERE flow_id=? ORDER BY step",
+        (flow_id,),
+    )
 
 
 def test_steps_are_journaled_and_replayed(engine, flow_module):

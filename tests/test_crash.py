@@ -16,11 +16,15 @@ import sys
 import textwrap
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import query
 
 from transparent_de import Engine, _faults
+from transparent_de._store import exists as store_exists
+from transparent_de._store import inspect
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX only (fork, SIGKILL)")
 
@@ -149,26 +153,18 @@ def effects(path: Path) -> Counter[str]:
     return Counter(path.read_text().split()) if path.exists() else Counter()
 
 
-def journal_state(db: Path, flow_id: str) -> dict[str, str]:
-    con = sqlite3.connect(db)
+def journal_state(db: str, flow_id: str) -> dict[str, str]:
+    if not store_exists(db):
+        return {}  # crashed before the schema was created
     try:
-        if not con.execute("SELECT 1 FROM sqlite_master WHERE name='execution_log'").fetchall():
-            return {}  # crashed while creating the schema
-        return dict(
-            con.execute(
-                "SELECT method_name, status FROM execution_log WHERE flow_id=? AND step>0", (flow_id,)
-            ).fetchall()
-        )
-    finally:
-        con.close()
+        return dict(query(db, "SELECT method_name, status FROM execution_log WHERE flow_id=? AND step>0", (flow_id,)))
+    except sqlite3.OperationalError as exc:
+        assert "no such table" in str(exc)
+        return {}  # crashed while creating the schema (the file exists, its tables not yet)
 
 
-def integrity_ok(db: Path) -> None:
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        con.close()
+def integrity_ok(db: str) -> None:
+    assert inspect(db).integrity == ["ok"]  # SQLite: PRAGMA integrity_check
 
 
 def check_recovered(before_fx: Counter[str], committed: set[str], after_fx: Counter[str], steps: list[str]) -> None:
@@ -188,8 +184,8 @@ PIPE_RESULT = {"total": 15}  # n=5: (5+1)*2+3
 
 
 @pytest.mark.parametrize("kill", ["load", "add", "finish"])
-def test_sigkill_in_step_then_recover_in_fresh_process(proj: Path, kill: str) -> None:
-    db = proj / "j.db"
+def test_sigkill_in_step_then_recover_in_fresh_process(proj: Path, kill: str, database: str) -> None:
+    db = database
     p = child(proj, "pipeline", str(db), "p1", "5", seed=1, kill=kill)
     finish(p, rc=-9)
     before = effects(proj / "effects")
@@ -207,7 +203,9 @@ def test_sigkill_in_step_then_recover_in_fresh_process(proj: Path, kill: str) ->
     integrity_ok(db)
 
 
-def test_exhaustive_crash_point_sweep_with_fork(proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exhaustive_crash_point_sweep_with_fork(
+    proj: Path, monkeypatch: pytest.MonkeyPatch, fresh_database: Callable[[str], str]
+) -> None:
     import transparent_de
 
     monkeypatch.syspath_prepend(str(proj / "src"))
@@ -220,7 +218,7 @@ def test_exhaustive_crash_point_sweep_with_fork(proj: Path, monkeypatch: pytest.
         while True:
             k += 1
             assert k < 200, "the sweep does not terminate"
-            db = proj / f"sweep{k}.db"
+            db = fresh_database(f"sweep{k}")
             fx = proj / f"fx{k}"
             monkeypatch.setenv("TDE_EFFECTS", str(fx))
             for t in threading.enumerate():  # a closed engine's threads end soon: fork without them
@@ -243,7 +241,7 @@ def test_exhaustive_crash_point_sweep_with_fork(proj: Path, monkeypatch: pytest.
             assert code in (0, _faults.CRASH_EXIT_CODE), (k, code)
             before = effects(fx)
             committed = (
-                {m for m, s in journal_state(db, "sweep").items() if s == "COMPLETE"} if db.exists() else set()
+                {m for m, s in journal_state(db, "sweep").items() if s == "COMPLETE"}
             )
             if code == 0:
                 assert before == Counter(PIPE_STEPS)
@@ -274,8 +272,8 @@ def test_exhaustive_crash_point_sweep_with_fork(proj: Path, monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("nproc", [2, 4])
-def test_concurrent_recover_runs_each_flow_once(proj: Path, nproc: int) -> None:
-    db = proj / "j.db"
+def test_concurrent_recover_runs_each_flow_once(proj: Path, nproc: int, database: str) -> None:
+    db = database
     kills = ["load", "double", "add", "finish"]
     for i in range(4):  # four flows, each killed inside another step
         finish(child(proj, "pipeline", str(db), f"c{i}", "5", seed=i, kill=kills[i]), rc=-9)
@@ -294,18 +292,12 @@ def test_concurrent_recover_runs_each_flow_once(proj: Path, nproc: int) -> None:
     for s in PIPE_STEPS:
         assert before[s] == 1 + sum(PIPE_STEPS.index(k) > PIPE_STEPS.index(s) for k in kills)
         assert after[s] == 5, (s, before, after)
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("SELECT flow_id, status FROM flows ORDER BY flow_id").fetchall() == [
-            (f"c{i}", "COMPLETE") for i in range(4)
-        ]
-    finally:
-        con.close()
+    assert query(db, "SELECT flow_id, status FROM flows ORDER BY flow_id") == [(f"c{i}", "COMPLETE") for i in range(4)]
     integrity_ok(db)
 
 
-def test_set_and_dict_arguments_are_stable_across_hash_seeds(proj: Path) -> None:
-    db = proj / "j.db"
+def test_set_and_dict_arguments_are_stable_across_hash_seeds(proj: Path, database: str) -> None:
+    db = database
     finish(child(proj, "tags", str(db), "t1", "forward", seed=1, kill="join"), rc=-9)
     committed = {m for m, s in journal_state(db, "t1").items() if s == "COMPLETE"}
     assert committed == {"norm", "count"}
@@ -352,7 +344,9 @@ class Order:
 """
 
 
-def test_recover_resumes_a_crashed_child_through_its_parent(flow_module, tmp_path: Path) -> None:
+def test_recover_resumes_a_crashed_child_through_its_parent(
+    flow_module, fresh_database: Callable[[str], str]
+) -> None:
     """A crash inside a child flow leaves parent and child unfinished: recover() resumes the
     child from its parent's child step only (scheduling both raced: the parent's run failed with
     FlowBusyError and backed off, counting towards its dead letter)."""
@@ -361,7 +355,7 @@ def test_recover_resumes_a_crashed_child_through_its_parent(flow_module, tmp_pat
         if t.name.startswith("tde-"):
             t.join(timeout=5)
     for attempt in range(3):
-        db = tmp_path / f"child{attempt}.db"
+        db = fresh_database(f"child{attempt}")
         pid = os.fork()
         if pid == 0:  # crash once the child's first result is committed (with its second intent)
             code = 3

@@ -133,9 +133,7 @@ def test_equivalent_calls_have_one_fingerprint(engine, flow_module):
     """`add(x)`, `add(x, y=2)` and `add(x=x)` with y's default are one call (bound arguments)."""
     m = flow_module(SOURCE)
     assert transparent_de.run(m.Calc().run, 1, flow_id="eq") == 3
-    con = sqlite3.connect(engine.store.path)
-    fp = con.execute("SELECT fingerprint FROM execution_log WHERE flow_id='eq' AND step=1").fetchone()[0]
-    con.close()
+    ((fp,),) = query(engine, "SELECT fingerprint FROM execution_log WHERE flow_id='eq' AND step=1")
     from transparent_de._entries import canonical_call
     from transparent_de._serialization import fingerprint
 

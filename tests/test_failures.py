@@ -179,6 +179,7 @@ def test_worker_until_idle_reports_failures(engine, flow_module):
 # --------------------------------------------------------------------------- journal errors are engine errors
 
 
+@pytest.mark.sqlite_only
 def test_a_full_disk_after_the_body_is_an_engine_error_not_a_step_outcome(tmp_path, flow_module):
     m = flow_module(SOURCE)
     eng = Engine(tmp_path / "j.db", durability="process", hmac_key=None)

@@ -164,3 +164,19 @@ def test_the_guard_never_breaks_other_classes():
                 return 4
 
         Unrewritten().go()
+
+
+def test_the_guard_passes_class_keywords_named_like_its_own_parameters():
+    """`class C(Base, name=...)` (psycopg's pool does this) passes `name` as a class keyword;
+    the guard's own `func, name` parameters are positional-only, as the builtin's."""
+    transparent_de._guard.enable()
+
+    class Base:
+        def __init_subclass__(cls, name: str = "", func: str = "", **kw: object) -> None:
+            super().__init_subclass__(**kw)
+            cls.tag = (name, func)
+
+    class Named(Base, name="n", func="f"):
+        pass
+
+    assert Named.tag == ("n", "f")

@@ -7,6 +7,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -66,12 +67,8 @@ class Locky:
 """
 
 
-def dump(path: Path) -> list[tuple[object, ...]]:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("SELECT * FROM execution_log ORDER BY flow_id, step").fetchall()
-    finally:
-        con.close()
+def dump(engine: Engine) -> list[tuple[object, ...]]:
+    return query(engine, "SELECT * FROM execution_log ORDER BY flow_id, step")
 
 
 def test_text_file_is_not_a_database_and_is_left_untouched(tmp_path: Path) -> None:
@@ -129,27 +126,13 @@ def test_new_journal_mode_and_ids(tmp_path: Path) -> None:
         con.close()
 
 
-def _corrupt(path: Path, flow_id: str, step: int, blob: bytes) -> None:
-    con = sqlite3.connect(path)
-    try:
-        con.execute(
-            "UPDATE execution_log SET return_value=? WHERE flow_id=? AND step=?", (blob, flow_id, step)
-        )
-        con.commit()
-    finally:
-        con.close()
+def _corrupt(engine: Engine, flow_id: str, step: int, blob: bytes) -> None:
+    query(engine, "UPDATE execution_log SET return_value=? WHERE flow_id=? AND step=?", (blob, flow_id, step))
 
 
-def _return_value(path: Path, flow_id: str, step: int) -> bytes:
-    con = sqlite3.connect(path)
-    try:
-        return bytes(
-            con.execute(
-                "SELECT return_value FROM execution_log WHERE flow_id=? AND step=?", (flow_id, step)
-            ).fetchone()[0]
-        )
-    finally:
-        con.close()
+def _return_value(engine: Engine, flow_id: str, step: int) -> bytes:
+    rows = query(engine, "SELECT return_value FROM execution_log WHERE flow_id=? AND step=?", (flow_id, step))
+    return bytes(rows[0][0])
 
 
 def test_corrupt_return_value_stops_replay_without_rerunning(engine, flow_module) -> None:
@@ -157,10 +140,9 @@ def test_corrupt_return_value_stops_replay_without_rerunning(engine, flow_module
     m.FAIL.add("two")
     with pytest.raises(RuntimeError):
         transparent_de.run(m.J().run, 1, flow_id="c1")
-    path = Path(engine.store.path)
-    blob = bytearray(_return_value(path, "c1", 1))
+    blob = bytearray(_return_value(engine, "c1", 1))
     blob[-2] ^= 0xFF
-    _corrupt(path, "c1", 1, bytes(blob))
+    _corrupt(engine, "c1", 1, bytes(blob))
     m.FAIL.clear()
     m.EFFECTS.clear()
     with pytest.raises(CorruptJournalError) as ei:
@@ -176,9 +158,8 @@ def test_hmac_detects_a_tampered_blob(engine, flow_module, monkeypatch) -> None:
     m.FAIL.add("two")
     with pytest.raises(RuntimeError):
         transparent_de.run(m.J().run, 1, flow_id="h1")
-    path = Path(engine.store.path)
     # A well-framed blob (valid CRC) signed with another key: only the HMAC can tell.
-    _corrupt(path, "h1", 1, encode(99, b"h1\x001\x00r", b"other key"))
+    _corrupt(engine, "h1", 1, encode(99, b"h1\x001\x00r", b"other key"))
     m.FAIL.clear()
     m.EFFECTS.clear()
     with pytest.raises(CorruptJournalError, match="HMAC") as ei:
@@ -197,7 +178,7 @@ def test_unpicklable_step_argument(engine, flow_module) -> None:
     err = ei.value
     assert err.flow_id == "s1" and err.step == 2 and err.method == "use"
     assert "Locky" in str(err) and "use" in str(err) and "step 2" in str(err)
-    steps = [(r[1], r[4], r[6]) for r in dump(Path(engine.store.path)) if r[1] > 0]
+    steps = [(r[1], r[4], r[6]) for r in dump(engine) if r[1] > 0]
     assert [s[:2] for s in steps] == [(1, "one")]  # nothing was written for step 2
 
 
@@ -308,8 +289,16 @@ def test_database_strings_are_parsed_never_taken_for_odd_file_names(tmp_path: Pa
         assert eng.store.path == str(url_path) and url_path.exists()
     finally:
         eng.close()
+    # A PostgreSQL URL is a server to reach, never a path; its password stays out of messages.
+    nowhere = urllib.parse.quote(str(tmp_path / "no-server-here"), safe="")
+    with pytest.raises((JournalIOError, ImportError)) as ei:
+        _ = Engine(f"postgresql://user:hunter2@{nowhere}/db", busy_timeout=1).store
+    assert "hunter2" not in str(ei.value)
+    if isinstance(ei.value, ImportError):
+        assert "pip install 'transparent-de[postgres]'" in str(ei.value)
+    else:
+        assert ei.value.path == f"postgresql://user@{nowhere}/db"
     for bad, match in (
-        ("postgresql://user@localhost/db", "PostgreSQL"),
         ("mysql://user@localhost/db", "unknown journal URL scheme 'mysql'"),
         ("sqlite://", "needs a path"),
     ):

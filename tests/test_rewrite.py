@@ -14,7 +14,6 @@ import importlib
 import importlib.util
 import itertools
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import query
 
 import transparent_de
 from transparent_de import _guard, _hook
@@ -428,11 +428,8 @@ def test_super_entry_without_flow(engine, flow_module):
     assert [d.partition(":")[0] for d in declared] == ["Base", "F"]
     base_id = declared[0].partition(":")[2]
     # Resumed from the journal alone (a fresh instance), the same base function runs again.
-    con = sqlite3.connect(engine.database)
-    with con:
-        con.execute("UPDATE flows SET status='PENDING' WHERE flow_id=?", (base_id,))
-        con.execute("UPDATE execution_log SET status='PENDING' WHERE flow_id=? AND step=0", (base_id,))
-    con.close()
+    query(engine, "UPDATE flows SET status='PENDING' WHERE flow_id=?", (base_id,))
+    query(engine, "UPDATE execution_log SET status='PENDING' WHERE flow_id=? AND step=0", (base_id,))
     (handle,) = engine.recover()
     assert handle.result(timeout=10) == ["base"]
 

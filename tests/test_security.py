@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -81,14 +80,8 @@ class Evil:
 
 
 def _sql(path: str | Path, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """What an attacker does: write the file with plain sqlite3, no key."""
-    con = sqlite3.connect(path)
-    try:
-        rows = con.execute(statement, params).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
+    """What an attacker does: write the journal with a plain driver (sqlite3, psycopg), no key."""
+    return query(str(path), statement, params)
 
 
 def _wait_status(engine: Engine, fid: str, status: str, timeout: float = 10) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import is_postgres
 
 from transparent_de._store.sqlite_sql import Q
 from transparent_de.testing import assert_recovers, crash_sweep
@@ -35,10 +36,18 @@ class Checkout:
 """
 
 
-def test_every_crash_point_recovers_to_the_same_result(flow_module, tmp_path):
+def test_every_crash_point_recovers_to_the_same_result(flow_module, tmp_path, database, request):
     m = flow_module(SOURCE)
     seen = []
-    report = assert_recovers(m.Checkout().run, 3, workdir=str(tmp_path), progress=lambda k, n: seen.append(k))
+    pg = is_postgres(database)  # then each run gets a schema of its own beside this one's, dropped after
+    report = assert_recovers(
+        m.Checkout().run, 3, workdir=str(tmp_path), progress=lambda k, n: seen.append(k), database=database if pg else None
+    )
+    if pg:
+        left = request.getfixturevalue("pg_cluster").admin(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (database.split("schema=")[1] + "_sweep%",), dbname="tde"
+        )
+        assert left == []
     assert report.crash_points >= 20 and report.crashes_injected == report.crash_points
     assert report.recoveries == report.crash_points and seen == list(range(1, report.crash_points + 1))
     assert {"step.intent.after_commit", "step.result.carried", "flow.complete.mid_txn"} <= set(report.labels)

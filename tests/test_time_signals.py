@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal as os_signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import query
 
 import transparent_de
 from transparent_de.errors import FlowNotFoundError, SignalError, WaitTimeoutError
@@ -79,15 +79,12 @@ class TimedSignup:
 
 
 def journal_rows(engine, flow_id):
-    con = sqlite3.connect(engine.store.path)
-    try:
-        return con.execute(
-            "SELECT step, class_name, method_name, status, delay, kind FROM execution_log "
-            "WHERE flow_id=? ORDER BY step",
-            (flow_id,),
-        ).fetchall()
-    finally:
-        con.close()
+    return query(
+        engine,
+        "SELECT step, class_name, method_name, status, delay, kind FROM execution_log "
+        "WHERE flow_id=? ORDER BY step",
+        (flow_id,),
+    )
 
 
 def _child_script(tmp_path: Path, module, body: str) -> Path:
@@ -163,11 +160,7 @@ def test_sleep_survives_a_crash_and_only_the_rest_is_slept(engine, flow_module, 
         time.sleep(0.01)
     else:
         pytest.fail("the child never reached the sleep")
-    con = sqlite3.connect(db)
-    (sleep_row,) = con.execute(
-        "SELECT timestamp FROM execution_log WHERE flow_id='crash' AND kind='sleep'"
-    ).fetchall()
-    con.close()
+    (sleep_row,) = query(engine, "SELECT timestamp FROM execution_log WHERE flow_id='crash' AND kind='sleep'")
     t0 = sleep_row[0] / 1000
     time.sleep(max(0.0, t0 + 1.0 - time.time()))
     p.send_signal(os_signal.SIGKILL)
@@ -430,9 +423,7 @@ def test_captured_values_are_equal_across_replay(engine, flow_module):
     time.sleep(0.02)
     values, inside = transparent_de.run(m.Captures().run, flow_id="cap1")
     # The first run's captures are journaled with the step that failed, then replayed.
-    con = sqlite3.connect(engine.store.path)
-    kinds = [k for (k,) in con.execute("SELECT kind FROM execution_log WHERE flow_id='cap1' ORDER BY step")]
-    con.close()
+    kinds = [k for (k,) in query(engine, "SELECT kind FROM execution_log WHERE flow_id='cap1' ORDER BY step")]
     assert kinds.count("capture") == 6
     assert inside == first_inside and len(m.INSIDE) == 1  # the step was replayed, not re-run
     values2, _ = transparent_de.run(m.Captures().run, flow_id="cap1")  # memoized
@@ -461,12 +452,9 @@ def test_calls_inside_a_step_are_not_captured(engine, flow_module):
     transparent_de.run(m.Captures().run, flow_id="cap3")
     m.Captures().inside()  # a plain call outside a flow
     assert m.INSIDE[0] != m.INSIDE[1]
-    con = sqlite3.connect(engine.store.path)
     methods = [
-        r[0]
-        for r in con.execute("SELECT method_name FROM execution_log WHERE flow_id='cap3' AND kind='capture'")
+        r[0] for r in query(engine, "SELECT method_name FROM execution_log WHERE flow_id='cap3' AND kind='capture'")
     ]
-    con.close()
     assert len(methods) == 6  # only the flow-level ones, not the two inside the step
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from . import _hook
 from ._ownership import owner_alive
-from ._store import open_store
+from ._store import display, open_store
+from ._store import exists as journal_exists
 from ._store.base import FlowInfo
 from .errors import (
     JournalError,
@@ -37,9 +38,13 @@ def _default_db() -> str:
 
 
 def _require_journal(path: str) -> None:
-    if not os.path.exists(path):
+    try:
+        found = journal_exists(path)
+    except (JournalError, ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
+    if not found:
         raise UsageError(
-            f"no journal at {path!r} (use --db PATH or set TRANSPARENT_DE_DB); nothing was created"
+            f"no journal at {display(path)!r} (use --db PATH or set TRANSPARENT_DE_DB); nothing was created"
         )
 
 
@@ -105,11 +110,11 @@ def _flow_packages(path: str, flow_id: str | None = None, unfinished: bool = Fal
 
     A journal that cannot be read yields none: the command itself then reports why.
     """
-    if not os.path.exists(path):
-        return []
     try:
+        if not journal_exists(path):
+            return []
         store = open_store(path, readonly=True)
-    except (JournalError, sqlite3.Error, ValueError):
+    except (JournalError, sqlite3.Error, ValueError, ImportError):
         return []
     try:
         modules = store.modules(flow_id, unfinished)

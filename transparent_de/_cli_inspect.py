@@ -34,7 +34,7 @@ from ._cli_common import (
 from ._engine import Engine
 from ._ownership import owner_alive
 from ._serialization import Codec, codec_of, hmac_key, step_context
-from ._store import inspect, open_store
+from ._store import display, inspect, open_store
 from ._store.base import STATUSES, StepInfo
 from .errors import (
     CorruptJournalError,
@@ -222,11 +222,13 @@ def _version_of(dist: str) -> str | None:
 def cmd_doctor(args: argparse.Namespace) -> int:
     _require_journal(args.db)
     problems: list[str] = []
-    report: dict[str, Any] = {"journal": os.path.abspath(args.db)}
+    report: dict[str, Any] = {"journal": display(args.db)}
     try:
         health = inspect(args.db)
     except sqlite3.Error as exc:
         raise UsageError(f"{args.db} is not a readable SQLite database: {exc}") from None
+    except Exception as exc:  # the backend's driver error (a server that cannot be reached ...)
+        raise UsageError(f"{display(args.db)}: cannot read the journal: {type(exc).__name__}: {exc}") from None
     app_id, version, integrity, counts = (
         health.application_id,
         health.schema_version,
@@ -264,7 +266,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     )
     report.update(
         signing=key,
-        file_mode=f"{mode:04o}",
+        file_mode=f"{mode:04o}" if health.file_mode is not None else None,
         signed_flows=health.signed,
         unsigned_flows=health.unsigned,
     )
@@ -288,6 +290,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         bytecode=_version_of("bytecode"),
         dill=_version_of("dill"),
         sqlite=sqlite3.sqlite_version,
+        server=_server(args.db) if health.file_mode is None else None,
         interpreter_supported=supported,
         problems=problems,
     )
@@ -302,7 +305,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             f"signing      {signing}",
             f"signed       {health.signed} flow(s) signed, {health.unsigned} unsigned",
             f"values       {'all intact' if not damaged else f'{len(damaged)} DAMAGED'} (every row read, none unpickled)",
-            f"file mode    {mode:04o}" + ("" if mode & 0o077 == 0 else " (others may read or write it)"),
+            (
+                f"file mode    {mode:04o}" + ("" if mode & 0o077 == 0 else " (others may read or write it)")
+                if health.file_mode is not None
+                else "file mode    n/a (a database server: its roles and grants decide who may write)"
+            ),
             "hooks        " + (", ".join(hooks) or "none installed in this process"),
             f"python       {report['python']} ({sys.implementation.name}, cache tag {_hook.CACHE_TAG})",
             f"supported    {'yes' if supported else 'NO'}",
@@ -310,11 +317,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             f"dill         {report['dill']}",
             f"sqlite       {report['sqlite']}",
         ]
+        if report["server"]:
+            srv = report["server"]
+            lines.insert(
+                1,
+                f"server       PostgreSQL {srv.get('server')} (schema {srv.get('schema')}, synchronous_commit "
+                f"{srv.get('settings', {}).get('synchronous_commit')}, psycopg {srv.get('psycopg')})",
+            )
         lines += [f"PROBLEM: {p}" for p in problems] or ["no problems found"]
         return "\n".join(lines)
 
     _emit(args, report, text)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def _server(path: str) -> dict[str, Any]:
+    """What a database-server backend says about itself (version, settings)."""
+    store = open_store(path, readonly=True)
+    try:
+        return store.describe()
+    finally:
+        store.close()
 
 
 def _damaged_values(path: str) -> list[tuple[str, int, str]]:

@@ -33,7 +33,8 @@ _build_class = builtins.__build_class__
 _LOADING: set[int] = set()
 
 
-def _guarded_build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
+def _guarded_build_class(func: Any, name: str, /, *bases: Any, **kwargs: Any) -> Any:
+    # Positional-only, as the builtin: `class C(Base, name=...)` passes its own `name` keyword.
     cls = _build_class(func, name, *bases, **kwargs)
     try:
         if "__flow__" in cls.__dict__ or (bases and getattr(cls, "__flow__", None)):
@@ -86,7 +87,7 @@ def enable() -> None:
     """Look at every class statement from now on (idempotent)."""
     current: Any = builtins.__build_class__
     if current is not _guarded_build_class:
-        builtins.__build_class__ = _guarded_build_class  # type: ignore[assignment]
+        builtins.__build_class__ = _guarded_build_class
 
 
 # --------------------------------------------------------------------------- step guards

@@ -42,6 +42,7 @@ from ._cli_common import (
 )
 from ._cli_inspect import cmd_cache_clear, cmd_doctor, cmd_list, cmd_show
 from ._engine import Engine
+from ._store import inspect, schema_sql
 from ._store.base import STATUSES
 from .errors import (
     FlowArgumentsError,
@@ -261,6 +262,23 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or migrate the journal's schema now (as the first writer would), or print its SQL."""
+    if args.print_sql:
+        print(schema_sql(args.db), end="")
+        return EXIT_OK
+    engine = Engine(args.db)
+    try:
+        path = engine.store.path
+    finally:
+        engine.close()
+    health = inspect(args.db)
+    _emit(args, {"journal": path, "schema_version": health.schema_version}, lambda: (
+        f"journal {path}: schema version {health.schema_version} (up to date)"
+    ))  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     _install(_flow_packages(args.db))
     stop = threading.Event()
@@ -392,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="cancel an unfinished flow")
     p.add_argument("flow_id", metavar="FLOW_ID")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("migrate", parents=[common], help="create or migrate the journal's schema now")
+    p.add_argument("--print-sql", action="store_true", help="print the SQL that creates the schema, run nothing")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("doctor", parents=[common], help="check the journal and the environment")
     p.set_defaults(func=cmd_doctor)

@@ -15,10 +15,12 @@ import functools
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._store import drop, exists, sibling
 from .errors import TransparentDEError
 
 # --------------------------------------------------------------------------- crash sweep
@@ -81,6 +83,7 @@ def crash_sweep(
     max_points: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     signals: Sequence[tuple[Any, ...]] = (),
+    database: str | None = None,
     **kwargs: Any,
 ) -> SweepReport:
     """Crash a flow at every engine crash point, one at a time, recover it, and compare.
@@ -97,6 +100,10 @@ def crash_sweep(
     early is kept), so every wait finds its signal. A sweep whose reference run cannot run the
     flow at all (an engine error such as ``FlowNotRewrittenError``), or that reaches no crash
     point, is a failure, not an empty success.
+
+    ``database``: sweep on another backend, e.g. a PostgreSQL URL; each run gets a schema of
+    its own beside the URL's (``<schema>_sweep_<tag>_crash_<k>``), dropped at the end. By
+    default each run gets a SQLite file in ``workdir``.
 
     Your steps' side effects really happen (in the children): point them at test doubles.
     Cost: about two runs of the flow per crash point (in forked children), plus two.
@@ -127,9 +134,21 @@ def crash_sweep(
             _faults.install(None)
             engine.close()
 
+    made: list[str] = []
+    tag = uuid.uuid4().hex[:8]
+
+    def journal(name: str) -> str:
+        db = sibling(database, f"sweep_{tag}_{name}") if database else os.path.join(work, f"{name}.db")
+        made.append(db)
+        return db
+
     try:
-        _sweep(run_on, work, report, max_points, progress)
+        _sweep(run_on, journal, report, max_points, progress)
     finally:
+        if database:
+            for db in made:
+                with contextlib.suppress(Exception):
+                    drop(db)
         if workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     return report
@@ -137,14 +156,15 @@ def crash_sweep(
 
 def _sweep(
     run_on: Callable[..., Any],
-    work: str,
+    journal: Callable[[str], str],
     report: SweepReport,
     max_points: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     from . import _faults
 
-    status, sent = _in_child(lambda: run_on(os.path.join(work, "reference.db"), _faults.FaultPlan()))
+    reference_db, counting_db = journal("reference"), journal("reference2")  # named here, not in a child
+    status, sent = _in_child(lambda: run_on(reference_db, _faults.FaultPlan()))
     if sent is None or sent[0] != "ok":
         reference: tuple[str, Any] = _outcome(sent) if sent else ("died", status)
         if sent is not None and isinstance(sent[1], TransparentDEError):
@@ -153,7 +173,7 @@ def _sweep(
             )
             return
         # A flow that raises: still sweep it; count points with a separate counting child.
-        status, counted = _in_child(lambda: _count(run_on, os.path.join(work, "reference2.db")))
+        status, counted = _in_child(lambda: _count(run_on, counting_db))
         points, labels = counted[1] if counted and counted[0] == "ok" else (0, {})
     else:
         value, points, labels = sent[1]
@@ -165,7 +185,7 @@ def _sweep(
     total = points if max_points is None else min(points, max_points)
     report.crash_points = total
     for k in range(1, total + 1):
-        db = os.path.join(work, f"crash-{k}.db")
+        db = journal(f"crash_{k}")
         status, _ = _in_child(functools.partial(run_on, db, _faults.FaultPlan(at=k, action="exit")))
         if status == _faults.CRASH_EXIT_CODE:
             report.crashes_injected += 1
@@ -174,7 +194,7 @@ def _sweep(
         got = _outcome(again) if again else ("died", None)
         if got != reference:
             report.failures.append(f"crash point {k}: recovered outcome {got!r} != uncrashed {reference!r}")
-        if os.path.exists(db):
+        if exists(db):
             failures = _check_journal(db, reference[0] == "ok")
             report.failures += [f"crash point {k}: {f}" for f in failures]
         if progress is not None:

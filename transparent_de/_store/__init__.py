@@ -8,6 +8,7 @@ scheme is an error naming the ones we know, never a file of that name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -44,10 +45,10 @@ def open_store(
 ) -> Store:
     backend, location = parse(database)
     if backend == "postgresql":
-        raise ValueError(
-            f"{location!r}: the PostgreSQL journal is not part of this version of transparent_de; "
-            "use a SQLite file path"
-        )
+        _need_psycopg()
+        from .postgres import PostgresStore
+
+        return PostgresStore(location, durability, busy_timeout, readonly=readonly)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(location, durability, busy_timeout, readonly=readonly)
@@ -59,8 +60,83 @@ def inspect(database: str | os.PathLike[str]) -> Health:
     Raises ``sqlite3.Error`` (or the backend's error) when the journal cannot be read at all.
     """
     backend, location = parse(database)
-    if backend != "sqlite":
-        raise ValueError(f"{location!r}: only SQLite journals can be inspected by this version")
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import inspect as inspect_postgres
+
+        return inspect_postgres(location)
     from .sqlite import inspect as inspect_sqlite
 
     return inspect_sqlite(location)
+
+
+def exists(database: str | os.PathLike[str]) -> bool:
+    """Is there a journal at ``database`` (a file; a schema of ours)? Creates nothing."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import exists as exists_postgres
+
+        return exists_postgres(location)
+    return os.path.exists(location)
+
+
+def display(database: str | os.PathLike[str]) -> str:
+    """The database string for messages: an absolute path, or a URL without its password."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres_db import parse_url
+
+        return parse_url(location).display
+    return os.path.abspath(location)
+
+
+def schema_sql(database: str | os.PathLike[str]) -> str:
+    """The SQL that creates this journal's schema, for a DBA to review or run by hand."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        from .postgres_db import parse_url, schema_script
+
+        return schema_script(parse_url(location).schema)
+    from .sqlite_sql import APPLICATION_ID, SCHEMA, SCHEMA_VERSION
+
+    return f"{SCHEMA.strip()}\nPRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = {SCHEMA_VERSION};\n"
+
+
+def sibling(database: str | os.PathLike[str], name: str) -> str:
+    """Another journal beside ``database``: a file ``name.db`` in its folder, or, on PostgreSQL,
+    the schema ``<schema>_<name>`` of the same database (crash sweeps make one per crash point)."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import with_schema
+
+        return with_schema(location, name)
+    return os.path.join(os.path.dirname(os.path.abspath(location)), f"{name}.db")
+
+
+def drop(database: str | os.PathLike[str]) -> None:
+    """Delete a journal made by :func:`sibling` (its file, or its schema), if it exists."""
+    backend, location = parse(database)
+    if backend == "postgresql":
+        _need_psycopg()
+        from .postgres import drop_schema
+
+        drop_schema(location)
+        return
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(location + suffix)
+
+
+def _need_psycopg() -> None:
+    """The PostgreSQL backend, imported only when a URL asks for it (psycopg is an extra)."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"a postgresql:// journal needs psycopg 3 and psycopg_pool, which are not installed ({exc}). "
+            "Install them with: pip install 'transparent-de[postgres]'"
+        ) from None

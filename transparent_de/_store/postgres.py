@@ -1,0 +1,358 @@
+"""The PostgreSQL store: the :class:`~.base.Store` interface over one schema of a PostgreSQL database.
+
+Every statement is a named query from ``postgres_queries.sql``, the same statements as the
+SQLite store's with the same meanings; the database side (URL, pool, schema, fenced
+transactions) is :class:`~.postgres_db.PostgresDB`. Many processes on many hosts may share one
+journal: a flow's writes are fenced by its token, claims are compare-and-set on it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .._serialization import is_signed
+from .base import (
+    Backoff,
+    Captured,
+    Complete,
+    ConsumeSignal,
+    Fence,
+    FlowComplete,
+    FlowFailed,
+    FlowIdentity,
+    FlowInfo,
+    FlowState,
+    Health,
+    Intent,
+    NewFlow,
+    Op,
+    Outcome,
+    Parked,
+    Release,
+    Reopen,
+    Retry,
+    StepFailed,
+    StepInfo,
+    StepRow,
+    Store,
+    Unfinished,
+    Waiting,
+    WaitState,
+)
+from .postgres_db import PostgresDB, Statement, parse_url
+from .postgres_sql import APPLICATION_ID, SCHEMA_VERSION, Q
+
+
+class PostgresStore(Store):
+    """A journal in one schema of a PostgreSQL database (``postgresql://...?schema=name``)."""
+
+    def __init__(
+        self, url: str, durability: str = "full", busy_timeout: float = 10.0, readonly: bool = False
+    ) -> None:
+        self.db = PostgresDB(url, durability, busy_timeout, readonly=readonly)
+        self.path = self.db.path
+        self.readonly = readonly
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _one(self, name: str, params: tuple[Any, ...]) -> Any:
+        rows = self.db.read(Q[name], params)
+        return rows[0] if rows else None
+
+    # ---------------------------------------------------------------- flows
+
+    def flow_state(self, flow_id: str) -> FlowState | None:
+        row = self._one("flow_state", (flow_id,))
+        return FlowState(*row) if row else None
+
+    def create_flow(self, flow: NewFlow) -> bool:
+        params = (
+            flow.flow_id,
+            flow.module,
+            flow.qualname,
+            flow.method,
+            flow.instance,
+            flow.owner,
+            flow.lease_until,
+            flow.now,
+            flow.now,
+            flow.now,
+            flow.entry_class,
+            flow.method,
+            flow.parameters,
+            flow.fingerprint,
+            flow.now,
+        )
+        (cur,) = self.db.write([(Q["create_flow"], params)], label="flow.start.mid_txn")
+        return cur.rowcount == 1
+
+    def take_over(self, flow_id: str, seen_fence: int, owner: str, lease_until: int, now: int) -> int | None:
+        params = (owner, lease_until, now, flow_id, seen_fence, now)
+        (cur,) = self.db.write([(Q["take_over"], params)], label="flow.start.mid_txn")
+        return seen_fence + 1 if cur.rowcount == 1 else None
+
+    def load_steps(self, flow_id: str) -> dict[int, StepRow]:
+        return {r[0]: StepRow(*r) for r in self.db.read(Q["load_steps"], (flow_id,))}
+
+    def commit(self, fence: Fence, ops: Sequence[Op], label: str | None) -> None:
+        fid = fence.flow_id
+        statements: list[Statement] = []
+        for op in ops:
+            statements += _STATEMENTS[type(op)](fid, op)
+        self.db.write(statements, fence, label)
+
+    def sync(self) -> None:
+        """Nothing to do: with ``durability="full"`` every COMMIT returned after the server flushed
+        its WAL (``synchronous_commit=on``)."""
+
+    def renew(self, owner: str, flow_ids: Sequence[str], lease_until: int) -> None:
+        if flow_ids:  # no crash point: the heartbeat's timing is not the flow's
+            self.db.write([(Q["renew"], (lease_until, owner, list(flow_ids)))], label=None)
+
+    def rearm(self, flow_id: str, now: int) -> str | None:
+        (cur,) = self.db.write([(Q["rearm"], (flow_id, now, flow_id, now))])
+        row = cur.fetchone()
+        return str(row[0]) if row else None
+
+    def cancel(self, flow_id: str, now: int) -> str | None:
+        (cur,) = self.db.write([(Q["cancel"], (flow_id, now, flow_id, now))])
+        row = cur.fetchone()
+        return str(row[0]) if row else None
+
+    # ---------------------------------------------------------------- signals
+
+    def add_signal(self, flow_id: str, step_name: str, sent: int, seal: Callable[[int], bytes]) -> int:
+        if self.readonly:
+            raise TypeError(f"journal {self.path} was opened read-only")
+        seq = int(self.db.read(Q["next_seq"])[0][0])  # allocated first: the payload is signed for it
+        self.db.write(
+            [(Q["insert_signal"], (seq, flow_id, step_name, seal(seq), sent))], label="signal.send.mid_txn"
+        )
+        return seq
+
+    def next_signal(self, flow_id: str, step_name: str) -> tuple[int, bytes] | None:
+        row = self._one("next_signal", (flow_id, step_name))
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    def signalled(self, flow_ids: Sequence[str]) -> list[str]:
+        ids = list(flow_ids)
+        return [r[0] for r in self.db.read(Q["signalled"], (ids, ids))]
+
+    # ---------------------------------------------------------------- reads
+
+    def status(self, flow_id: str) -> str | None:
+        row = self._one("status", (flow_id,))
+        return str(row[0]) if row else None
+
+    def identity(self, flow_id: str) -> FlowIdentity | None:
+        row = self._one("identity", (flow_id,))
+        return FlowIdentity(*row) if row else None
+
+    def outcome(self, flow_id: str) -> Outcome | None:
+        row = self._one("outcome", (flow_id,))
+        return Outcome(*row) if row else None
+
+    def flow_class(self, flow_id: str) -> str | None:
+        row = self._one("flow_class", (flow_id,))
+        return str(row[0]) if row else None
+
+    def wait_state(self, flow_id: str) -> WaitState | None:
+        row = self._one("wait_state", (flow_id,))
+        return WaitState(*row) if row else None
+
+    def unfinished(self) -> list[Unfinished]:
+        return [Unfinished(*r) for r in self.db.read(Q["unfinished"])]
+
+    def flows(self, status: str | None = None) -> list[FlowInfo]:
+        return [FlowInfo(*r) for r in self.db.read(Q["flows"], (status, status))]
+
+    def flow_info(self, flow_id: str) -> FlowInfo | None:
+        row = self._one("flow_info", (flow_id,))
+        return FlowInfo(*row) if row else None
+
+    def unfinished_of(self, module: str, qualname: str, method: str) -> int:
+        row = self._one("unfinished_of", (module, qualname, method))
+        return int(row[0]) if row else 0
+
+    def values(self) -> Iterator[tuple[str, int, bytes | None, bytes | None, bytes | None]]:
+        for r in self.db.read(Q["all_values"]):
+            yield str(r[0]), int(r[1]), r[2], r[3], r[4]
+
+    def steps(self, flow_id: str) -> list[StepInfo]:
+        return [StepInfo(*r) for r in self.db.read(Q["steps"], (flow_id,))]
+
+    def modules(self, flow_id: str | None = None, unfinished: bool = False) -> list[str]:
+        rows = self.db.read(Q["modules"], (flow_id, flow_id, int(unfinished)))
+        return sorted(str(r[0]) for r in rows if r[0])
+
+    def describe(self) -> dict[str, Any]:
+        settings = self.db.settings()
+        return {
+            "backend": "postgresql",
+            "url": self.path,
+            "schema": self.db.location.schema,
+            "server": settings.pop("server_version", None),
+            "durability": self.db.durability,
+            "pool_size": self.db.location.pool_size,
+            "psycopg": psycopg.__version__,
+            "settings": settings,
+        }
+
+
+def exists(url: str) -> bool:
+    """Is there a journal schema at this URL (read without creating anything)?"""
+    store = PostgresStore(url, readonly=True)
+    try:
+        return not store.db.empty
+    finally:
+        store.close()
+
+
+def with_schema(url: str, name: str) -> str:
+    """The URL of schema ``<schema>_<name>`` in the same database."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    query.append(("schema", f"{parse_url(url).schema}_{name}"[:63]))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def drop_schema(url: str) -> None:
+    """Drop the URL's schema with everything in it (a crash sweep's scratch journals)."""
+    loc = parse_url(url)
+    with psycopg.connect(loc.conninfo, autocommit=True) as con:
+        con.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(loc.schema)))
+
+
+def inspect(url: str) -> Health:
+    """Identity, schema version, integrity and counts of a journal schema, read-only, refusing
+    nothing (``doctor`` reports a foreign or newer schema instead of failing on it)."""
+    loc = parse_url(url)
+    con = psycopg.connect(loc.conninfo, autocommit=True)
+    try:
+        con.execute("SET default_transaction_read_only = on")
+        con.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(loc.schema)))
+        qualified = sql.Identifier(loc.schema, "journal_meta").as_string(con)
+        present = con.execute(Q["has_meta"], (qualified,)).fetchone()
+        app_id = version = 0
+        integrity = ["ok"]
+        counts: dict[str, int] = {}
+        signed = {True: 0, False: 0, None: 0}
+        if present and present[0]:
+            meta = con.execute(Q["meta"]).fetchone()
+            app_id, version = (int(meta[0]), int(meta[1])) if meta else (0, 0)
+        if app_id == APPLICATION_ID and version <= SCHEMA_VERSION:
+            integrity = [str(r[0]) for r in con.execute(Q["integrity"]).fetchall()] or ["ok"]
+            counts = {str(k): int(v) for k, v in con.execute(Q["status_counts"]).fetchall()}
+            for (blob,) in con.execute(Q["instances"]):
+                signed[is_signed(blob)] += 1
+    finally:
+        con.close()
+    return Health(
+        ours=app_id == APPLICATION_ID,
+        application_id=app_id,
+        schema_version=version,
+        supported_schema=SCHEMA_VERSION,
+        integrity=integrity,
+        counts=counts,
+        signed=signed[True],
+        unsigned=signed[False],
+        file_mode=None,
+    )
+
+
+# --------------------------------------------------------------------------- ops -> statements
+
+
+def _intent(fid: str, op: Intent) -> list[Statement]:
+    params = (
+        fid,
+        op.step,
+        op.timestamp,
+        op.class_name,
+        op.method_name,
+        op.delay,
+        op.status,
+        op.parameters,
+        op.kind,
+        op.fingerprint,
+        op.site,
+        op.timestamp,
+    )
+    return [(Q["intent"], params)]
+
+
+def _retry(fid: str, op: Retry) -> list[Statement]:
+    return [(Q["retry"], (op.status, op.now, fid, op.step))]
+
+
+def _complete(fid: str, op: Complete) -> list[Statement]:
+    return [(Q["complete"], (op.return_value, op.now, fid, op.step))]
+
+
+def _step_failed(fid: str, op: StepFailed) -> list[Statement]:
+    return [(Q["step_failed"], (op.error, op.error_text, op.now, fid, op.step))]
+
+
+def _reopen(fid: str, op: Reopen) -> list[Statement]:
+    return [(Q["reopen"], (op.now, fid, op.step))]
+
+
+def _captured(fid: str, op: Captured) -> list[Statement]:
+    params = (fid, op.step, op.timestamp, op.module, op.method, op.value, op.fingerprint, op.timestamp)
+    return [(Q["captured"], params)]
+
+
+def _consume(fid: str, op: ConsumeSignal) -> list[Statement]:
+    # tde_consume aborts the transaction (-> Conflict) if the signal was taken already.
+    return [
+        (Q["consume_signal"], (op.seq, op.step)),
+        (Q["signal_arguments"], (op.parameters, op.now, fid, op.step)),
+    ]
+
+
+def _flow_complete(fid: str, op: FlowComplete) -> list[Statement]:
+    return [(Q["flow_result"], (op.return_value, op.now, fid)), (Q["flow_completed"], (op.now, fid))]
+
+
+def _flow_failed(fid: str, op: FlowFailed) -> list[Statement]:
+    return [(Q["flow_error"], (op.error, op.now, fid)), (Q["flow_failed"], (op.failures, op.now, fid))]
+
+
+def _backoff(fid: str, op: Backoff) -> list[Statement]:
+    return [(Q["backoff"], (op.wake_at, op.failures, op.now, fid))]
+
+
+def _parked(fid: str, op: Parked) -> list[Statement]:
+    status = "WAITING_FOR_SIGNAL" if op.waiting_for else "PENDING"
+    return [(Q["parked"], (op.wake_at, op.waiting_for, status, op.now, fid))]
+
+
+def _waiting(fid: str, op: Waiting) -> list[Statement]:
+    return [(Q["waiting"], (op.waiting_for, op.waiting_for, op.now, fid))]
+
+
+def _release(fid: str, op: Release) -> list[Statement]:
+    return [(Q["release"], (op.now, fid))]
+
+
+_STATEMENTS: dict[type, Callable[[str, Any], list[Statement]]] = {
+    Intent: _intent,
+    Retry: _retry,
+    Complete: _complete,
+    StepFailed: _step_failed,
+    Reopen: _reopen,
+    Captured: _captured,
+    ConsumeSignal: _consume,
+    FlowComplete: _flow_complete,
+    FlowFailed: _flow_failed,
+    Backoff: _backoff,
+    Parked: _parked,
+    Waiting: _waiting,
+    Release: _release,
+}

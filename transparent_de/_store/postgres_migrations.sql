@@ -1,0 +1,4 @@
+-- Migrations of the PostgreSQL journal, one block per schema version (journal_meta.schema_version).
+-- Each block ("-- migrate: N") brings a schema of version N-1 up to N, in the transaction (under
+-- pg_advisory_xact_lock) that sets schema_version; postgres_schema.sql is always the latest
+-- schema whole. Version 1 is the first: there is nothing to migrate yet.
