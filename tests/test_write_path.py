@@ -87,6 +87,7 @@ def _until(cond: Any, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.sqlite_only  # counts SQLite's COMMIT statements (PostgreSQL: one round trip per commit)
 def test_a_step_costs_one_commit(engine: Engine, flow_module: Any) -> None:
     """The flow's start, one commit per step (its intent, carrying the previous step's
     result) and the flow's end: N + 2 commits for N steps (it was 2N + 2)."""
@@ -249,6 +250,7 @@ def test_a_kill_in_long_flow_code_after_the_flush_does_not_rerun_the_step(tmp_pa
     assert effects.read_text().splitlines() == ["first"]  # replayed, not re-run
 
 
+@pytest.mark.sqlite_only  # the WAL file's checkpoints
 def test_checkpoints_run_on_their_own_thread(engine: Engine, flow_module: Any) -> None:
     """No step's COMMIT copies the WAL into the database (SQLite's autocheckpoint is off on our
     connections); the checkpointer's thread does, so the WAL stays bounded."""
