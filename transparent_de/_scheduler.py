@@ -25,7 +25,7 @@ from ._runner import RetryLater
 from ._store.base import TERMINAL, LeaseLost
 from ._unwind import Park
 from ._writes import Flusher
-from .errors import FlowBusyError, LeaseLostError, TransparentDEError
+from .errors import FlowBusyError, JournalIOError, LeaseLostError, TransparentDEError
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -55,6 +55,7 @@ class Scheduler:
         self._closed = False
         self._stop = threading.Event()
         self._jobs: set[str] = set()  # flows submitted to the pool and not finished there
+        self._io_tries: dict[str, int] = {}  # flow -> runs in a row stopped by journal I/O errors
         self.flusher = Flusher()  # writes a step's carried result when flow code runs long after it
 
     def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
@@ -109,6 +110,16 @@ class Scheduler:
                 return  # somebody else runs it; the handle reads the outcome from the journal
             except _faults.InjectedCrash:
                 return
+            except JournalIOError as exc:
+                # The journal could not be reached (a dropped connection, a database server
+                # restarting, a full disk): the flow unwound as after a crash. Resume it here
+                # after a pause, doubling up to 30 s, as recovery would elsewhere.
+                tries = self._io_tries[fid] = self._io_tries.get(fid, 0) + 1
+                delay = min(0.5 * 2 ** (tries - 1), 30.0)
+                log.warning("flow %s: %s; resuming it in %.1f s", fid, exc, delay)
+                with contextlib.suppress(TransparentDEError):  # closed meanwhile: it stays in the journal
+                    self.schedule(fid, 0, None, after=delay)
+                return
             except BaseException as exc:
                 outcome = engine.runner.final_outcome(fid) if engine.store.status(fid) in TERMINAL else None
                 if outcome is not None:  # it ended FAILED (its failure policy, or the cap)
@@ -122,6 +133,7 @@ class Scheduler:
                 log.error("flow %s stopped: %s: %s (it stays resumable)", fid, type(exc).__name__, exc)
                 handle._set(False, exc)
                 return
+            self._io_tries.pop(fid, None)
             log.info("flow %s finished", fid)
             handle._set(True, value)
 
