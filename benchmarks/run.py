@@ -230,8 +230,11 @@ def w_interception(cfg: dict[str, Any], out: dict[str, Any]) -> None:
         def __init__(self, obj: Any) -> None:
             self.flow, self.in_step, self.steps = obj, False, frozenset({"step"})
 
-        def call_step(self, obj: Any, name: str, site: str, args: Any, kwargs: Any) -> Any:
-            return getattr(obj, name)(*args, **kwargs)
+        def call_step(
+            self, obj: Any, name: str, site: str, args: Any, kwargs: Any, fn: Any = None, owner: Any = None
+        ) -> Any:
+            # The step's own function (the step guard would call back into this run).
+            return (fn or getattr(type(obj), name).__tde_step__)(obj, *args, **kwargs)
 
     def dispatch_loop(m: int) -> int:
         token = current_run.set(NoIORun(flow))  # type: ignore[arg-type]
