@@ -9,7 +9,7 @@ journal: a flow's writes are fenced by its token, claims are compare-and-set on 
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -24,32 +24,27 @@ from .base import (
     Fence,
     FlowComplete,
     FlowFailed,
-    FlowIdentity,
-    FlowInfo,
-    FlowState,
     Health,
     Intent,
     NewFlow,
     Op,
-    Outcome,
     Parked,
     Release,
     Reopen,
     Retry,
     StepFailed,
-    StepInfo,
-    StepRow,
     Store,
-    Unfinished,
     Waiting,
-    WaitState,
 )
 from .postgres_db import PostgresDB, Statement, parse_url
 from .postgres_sql import APPLICATION_ID, SCHEMA_VERSION, Q
+from .reads import NamedReads
 
 
-class PostgresStore(Store):
+class PostgresStore(NamedReads, Store):
     """A journal in one schema of a PostgreSQL database (``postgresql://...?schema=name``)."""
+
+    Q = Q  # the named statements NamedReads runs
 
     def __init__(
         self, url: str, durability: str = "full", busy_timeout: float = 10.0, readonly: bool = False
@@ -58,18 +53,13 @@ class PostgresStore(Store):
         self.path = self.db.path
         self.readonly = readonly
 
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return self.db.read(sql, params)
+
     def close(self) -> None:
         self.db.close()
 
-    def _one(self, name: str, params: tuple[Any, ...]) -> Any:
-        rows = self.db.read(Q[name], params)
-        return rows[0] if rows else None
-
     # ---------------------------------------------------------------- flows
-
-    def flow_state(self, flow_id: str) -> FlowState | None:
-        row = self._one("flow_state", (flow_id,))
-        return FlowState(*row) if row else None
 
     def create_flow(self, flow: NewFlow) -> bool:
         params = (
@@ -96,9 +86,6 @@ class PostgresStore(Store):
         params = (owner, lease_until, now, flow_id, seen_fence, now)
         (cur,) = self.db.write([(Q["take_over"], params)], label="flow.start.mid_txn")
         return seen_fence + 1 if cur.rowcount == 1 else None
-
-    def load_steps(self, flow_id: str) -> dict[int, StepRow]:
-        return {r[0]: StepRow(*r) for r in self.db.read(Q["load_steps"], (flow_id,))}
 
     def commit(self, fence: Fence, ops: Sequence[Op], label: str | None) -> None:
         fid = fence.flow_id
@@ -136,60 +123,15 @@ class PostgresStore(Store):
         )
         return seq
 
-    def next_signal(self, flow_id: str, step_name: str) -> tuple[int, bytes] | None:
-        row = self._one("next_signal", (flow_id, step_name))
-        return (int(row[0]), bytes(row[1])) if row else None
-
     def signalled(self, flow_ids: Sequence[str]) -> list[str]:
         ids = list(flow_ids)
         return [r[0] for r in self.db.read(Q["signalled"], (ids, ids))]
 
     # ---------------------------------------------------------------- reads
 
-    def status(self, flow_id: str) -> str | None:
-        row = self._one("status", (flow_id,))
-        return str(row[0]) if row else None
-
-    def identity(self, flow_id: str) -> FlowIdentity | None:
-        row = self._one("identity", (flow_id,))
-        return FlowIdentity(*row) if row else None
-
-    def outcome(self, flow_id: str) -> Outcome | None:
-        row = self._one("outcome", (flow_id,))
-        return Outcome(*row) if row else None
-
-    def flow_class(self, flow_id: str) -> str | None:
-        row = self._one("flow_class", (flow_id,))
-        return str(row[0]) if row else None
-
-    def wait_state(self, flow_id: str) -> WaitState | None:
-        row = self._one("wait_state", (flow_id,))
-        return WaitState(*row) if row else None
-
-    def unfinished(self) -> list[Unfinished]:
-        return [Unfinished(*r) for r in self.db.read(Q["unfinished"])]
-
-    def flows(self, status: str | None = None) -> list[FlowInfo]:
-        return [FlowInfo(*r) for r in self.db.read(Q["flows"], (status, status))]
-
-    def flow_info(self, flow_id: str) -> FlowInfo | None:
-        row = self._one("flow_info", (flow_id,))
-        return FlowInfo(*row) if row else None
-
     def unfinished_of(self, module: str, qualname: str, method: str) -> int:
         row = self._one("unfinished_of", (module, qualname, method))
         return int(row[0]) if row else 0
-
-    def values(self) -> Iterator[tuple[str, int, bytes | None, bytes | None, bytes | None]]:
-        for r in self.db.read(Q["all_values"]):
-            yield str(r[0]), int(r[1]), r[2], r[3], r[4]
-
-    def steps(self, flow_id: str) -> list[StepInfo]:
-        return [StepInfo(*r) for r in self.db.read(Q["steps"], (flow_id,))]
-
-    def modules(self, flow_id: str | None = None, unfinished: bool = False) -> list[str]:
-        rows = self.db.read(Q["modules"], (flow_id, flow_id, int(unfinished)))
-        return sorted(str(r[0]) for r in rows if r[0])
 
     def describe(self) -> dict[str, Any]:
         settings = self.db.settings()
