@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,99 @@ def test_the_guard_passes_class_keywords_named_like_its_own_parameters():
         pass
 
     assert Named.tag == ("n", "f")
+
+
+# --------------------------------------------------------------------------- step guards
+
+SIGNATURES = """
+import transparent_de
+
+DEFAULT = []
+CALLS = []
+
+
+class Shapes:
+    __flow__ = "run"
+
+    def run(self, mode):
+        if mode == "getattr":  # every step through the guard (not the rewritten call site)
+            g = lambda name: getattr(self, name)
+            return (g("plain")(1, b=2), g("defaults")(1), g("defaults")(1, DEFAULT),
+                    g("kwonly")(1, k=3), g("star")(1, 2, 3, z=4), g("posonly")(5, 6), g("own")(7))
+        return (self.plain(1, b=2), self.defaults(1), self.defaults(1, DEFAULT), self.kwonly(1, k=3),
+                self.star(1, 2, 3, z=4), self.posonly(5, 6), self.own(7))
+
+    def plain(self, a, b):
+        CALLS.append("plain")
+        return a + b
+
+    def defaults(self, a, box=DEFAULT, *, tag=None):
+        CALLS.append("defaults")
+        return (a, box is DEFAULT, tag)
+
+    def kwonly(self, a, *, k, j=10):
+        CALLS.append("kwonly")
+        return a * k + j
+
+    def star(me, first, *rest, **named):
+        CALLS.append("star")
+        return (first, rest, sorted(named.items()))
+
+    def posonly(self, x, /, y):
+        CALLS.append("posonly")
+        return x - y
+
+    def own(self, _tde_fn):  # a parameter named like the guard's own variables
+        CALLS.append("own")
+        return _tde_fn * 2
+"""
+
+BAD_CALLS = [
+    ("plain", (1,), {}),
+    ("plain", (1, 2, 3), {}),
+    ("plain", (1,), {"c": 2}),
+    ("kwonly", (1, 2), {}),
+    ("posonly", (), {"x": 1, "y": 2}),
+    ("defaults", (), {}),
+]
+
+
+def test_step_guards_behave_as_the_plain_methods_outside_a_flow(flow_module: Any) -> None:
+    """A guard has the step's own parameters: results, default objects, signatures and the
+    TypeError of a bad call are the plain method's, called on a rewritten class with no flow."""
+    import inspect
+
+    mod = flow_module(SIGNATURES)
+    plain: dict[str, Any] = {}
+    exec(compile(textwrap.dedent(SIGNATURES), "plain_shapes", "exec"), plain)  # no hook: plain methods
+    guarded, unguarded = mod.Shapes(), plain["Shapes"]()
+    for name in ("plain", "defaults", "kwonly", "star", "posonly", "own"):
+        assert hasattr(vars(mod.Shapes)[name], "__tde_step__"), name  # really a guard
+        assert inspect.signature(getattr(guarded, name)) == inspect.signature(getattr(unguarded, name))
+        assert getattr(guarded, name).__name__ == name
+    assert guarded.defaults(1) == (1, True, None)  # the default is the very object
+    assert guarded.kwonly(2, k=3) == unguarded.kwonly(2, k=3) == 16
+    assert guarded.star(1, 2, z=3) == unguarded.star(1, 2, z=3) == (1, (2,), [("z", 3)])
+    assert guarded.posonly(5, 6) == -1 and guarded.own(4) == 8
+    for name, args, kwargs in BAD_CALLS:
+        with pytest.raises(TypeError) as ours:
+            getattr(guarded, name)(*args, **kwargs)
+        with pytest.raises(TypeError) as theirs:
+            getattr(unguarded, name)(*args, **kwargs)
+        assert str(ours.value) == str(theirs.value), name
+    assert mod.CALLS == ["defaults", "kwonly", "star", "posonly", "own"]
+
+
+@pytest.mark.parametrize("mode", ["site", "getattr"])
+def test_steps_of_every_signature_are_journaled_and_replayed(engine: Any, flow_module: Any, mode: str) -> None:
+    """Through the rewritten call site or the guard (``getattr``), each shape is one journaled
+    step, and a rerun of the finished flow runs none of them again."""
+    mod = flow_module(SIGNATURES)
+    first = transparent_de.run(mod.Shapes().run, mode, flow_id=f"shapes-{mode}")
+    assert first == (3, (1, True, None), (1, True, None), 13, (1, (2, 3), [("z", 4)]), -1, 14)
+    assert len(mod.CALLS) == 7
+    assert transparent_de.run(mod.Shapes().run, mode, flow_id=f"shapes-{mode}") == first
+    assert len(mod.CALLS) == 7
+    steps = [s for s in engine.store.steps(f"shapes-{mode}") if s.step > 0]
+    assert [s.method_name for s in steps] == ["plain", "defaults", "defaults", "kwonly", "star", "posonly", "own"]
+    assert all(s.status == "COMPLETE" for s in steps)

@@ -37,7 +37,7 @@ from ._trampoline import RUNTIME, current_run
 from .errors import TransparentDEError
 
 #: Bump whenever the rewriter's output changes: it is part of the cache file name.
-REWRITER_FORMAT = 2
+REWRITER_FORMAT = 3
 CACHE_TAG = f"{sys.implementation.cache_tag}-tde{REWRITER_FORMAT}"
 _FLAGS_CHECKED_HASH = 0b11
 

@@ -46,7 +46,8 @@ class RewriteSpec:
 
 
 def step_key(name: str, qualname: str, line: int | None, method: bool) -> str:
-    return f"{'s' if method else 'bs'}:{name}@{qualname}:{line or 0}"
+    kind = ("m" if V.binds_methods() else "s") if method else "bs"
+    return f"{kind}:{name}@{qualname}:{line or 0}"
 
 
 def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
@@ -78,7 +79,7 @@ def _rewrite_one(code: CodeType, spec: RewriteSpec) -> CodeType:
             if name in spec.steps:
                 key = step_key(name, qual, loc.lineno if loc else None, method)
             elif name in spec.nd_attrs:
-                key = f"{'n' if method else 'bn'}:{name}"
+                key = f"{'n' if method and not V.binds_methods() else 'bn'}:{name}"
             else:
                 out.append(ins)
                 continue

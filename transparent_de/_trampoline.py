@@ -5,7 +5,9 @@ with a ``builtins`` fallback for ``runpy`` and code unpickled by dill). Its attr
 trampolines built on first use and then kept in the instance dict, so later loads are plain
 dict hits:
 
-* ``s:<step>@<site>``  method form: ``trampoline(obj, *args, **kwargs)``;
+* ``m:<step>@<site>``  method form (3.11+): ``binder(obj)`` -> the bound method, or inside a
+  flow a closure that journals the call the site makes right away;
+* ``s:<step>@<site>``  method form (3.10): ``trampoline(obj, *args, **kwargs)``;
 * ``bs:<step>@<site>`` value form: ``binder(obj)`` -> the bound method, or a journaling
   :class:`BoundStep` inside a flow;
 * ``n:<name>`` / ``bn:<name>`` the same for captured functions (``time.time`` ...);
@@ -183,6 +185,28 @@ def _make(key: str) -> Callable[..., Any]:
             return run.call_step(obj, name, site, args, kwargs)
 
         return step_trampoline
+
+    if kind == "m":  # 3.11+: a method-form site, called right after this load
+
+        def method_binder(obj: Any) -> Any:
+            run = current_run.get()
+            if run is None:
+                if ACTIVE:
+                    _not_in_flow(obj, name)
+                return getattr(obj, name)
+            if not _is_step(run, obj, name):
+                fn = getattr(obj, name)
+                what = captured_name(fn) if not run.in_step and name in ND_ATTRS else None
+                return fn if what is None else _CapturedCall(run, what, fn)
+            call_step = run.call_step
+
+            def journaled(*args: Any, **kwargs: Any) -> Any:
+                __tracebackhide__ = True
+                return call_step(obj, name, site, args, kwargs)
+
+            return journaled
+
+        return method_binder
 
     if kind == "bs":
 

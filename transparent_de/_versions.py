@@ -280,18 +280,42 @@ def _call(instr_cls: Any, n: int, loc: Any, method: bool = False) -> list[Any]:
     return [instr_cls("CALL_METHOD" if method else "CALL_FUNCTION", n, location=loc)]
 
 
-def method_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
-    """Replace a method-form load: ``[obj] -> [trampoline, obj]``.
+def binds_methods() -> bool:
+    """Do method-form sites load a binder (3.11+), rather than a trampoline (3.10)?"""
+    return facts().null_slot != "none"
 
-    Read by every version's call as "function plus self", so the untouched CALL becomes
-    ``trampoline(obj, *args, **kwargs)`` whatever the call shape.
+
+def method_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
+    """Replace a method-form load with the same two stack slots the untouched CALL reads.
+
+    3.11+: ``[obj] -> [NULL, binder(obj)]`` (``"before"``) or ``[binder(obj), NULL]``
+    (``"after"``): the binder returns the bound method itself when no flow is running (so
+    the call passes its arguments straight through, with no ``*args`` packing) or a
+    journaling :class:`~transparent_de._trampoline.BoundStep` inside one. Resolving the
+    attribute at the load, before the arguments are evaluated, is also what plain Python
+    does. ``key`` names the binder (``bs:...``).
+
+    3.10 has no ``PUSH_NULL``: ``[obj] -> [trampoline, obj]``, read by ``CALL_METHOD`` as
+    "function plus self", so the call becomes ``trampoline(obj, *args, **kwargs)``
+    (``key`` then names the trampoline, ``s:...``).
     """
+    null = facts().null_slot
+    if null == "before":
+        push = instr_cls("PUSH_NULL", location=loc)
+        return [push, _swap(instr_cls, loc), *value_template(instr_cls, key, loc)]
+    if null == "after":
+        return [*value_template(instr_cls, key, loc), instr_cls("PUSH_NULL", location=loc)]
+    return _trampoline_template(instr_cls, key, loc)
+
+
+def _trampoline_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
+    """``[obj] -> [runtime.key, obj]``: a two-slot "function plus self" pair."""
     return [_load_runtime(instr_cls, loc), _load_plain_attr(instr_cls, key, loc), _swap(instr_cls, loc)]
 
 
 def value_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
     """Replace a value-form load: ``[obj] -> [binder(obj)]`` (a callable that journals)."""
-    return method_template(instr_cls, key, loc) + _call(instr_cls, 0, loc, method=True)
+    return _trampoline_template(instr_cls, key, loc) + _call(instr_cls, 0, loc, method=True)
 
 
 def global_template(instr_cls: Any, key: str, name: str, pushes_null: bool, loc: Any) -> list[Any]:
