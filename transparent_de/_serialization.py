@@ -176,7 +176,20 @@ def check(
     With ``key`` set, an unsigned blob is refused like a tampered one: whoever can write the
     file could otherwise drop the signature and have any pickle run.
     """
+    # The common case first (unsigned journal, current frame, intact): one header unpack and
+    # the CRC, nothing allocated; every other case, and every error, takes the full path.
+    if key is None and len(blob) >= _HEADER.size and blob[:2] == MAGIC and blob[2] == FRAME_VERSION:
+        _, _, codec, flags, crc = _HEADER.unpack_from(blob)
+        if not flags & FLAG_SIGNED and codec in CODECS:
+            payload = blob[_HEADER.size :]
+            if zlib.crc32(payload) == crc:
+                return codec, payload
+    return _check(blob, context, key, where)
 
+
+def _check(
+    blob: bytes, context: bytes, key: bytes | None, where: Callable[[], dict[str, Any]] | None
+) -> tuple[int, bytes]:
     def fields() -> dict[str, Any]:
         return where() if where else {}
 
