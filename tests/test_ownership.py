@@ -80,7 +80,10 @@ def test_a_flow_running_in_another_thread_is_refused(engine, flow_module, tmp_pa
     assert results == ["done"]
 
 
-def test_a_flow_whose_owner_was_killed_is_taken_over_at_once(engine, flow_module, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
+def test_a_flow_whose_owner_was_killed_is_taken_over_at_once(engine, flow_module, tmp_path, monkeypatch, reaped):
+    """Also while the killed owner is a zombie (its parent, here this test, has not waited for
+    it yet): it still answers kill(pid, 0), but it is dead, and its flows are free."""
     m = flow_module(SOURCE)
     mark = tmp_path / "started"
     monkeypatch.setenv("TDE_TEST_MARK", str(mark))
@@ -94,13 +97,18 @@ def test_a_flow_whose_owner_was_killed_is_taken_over_at_once(engine, flow_module
     child = subprocess.Popen([sys.executable, "-c", code], env=env)
     _wait_for_file(str(mark))
     child.kill()
-    child.wait(timeout=10)
+    if reaped:
+        child.wait(timeout=10)
+    else:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, and left unreaped
+        os.kill(child.pid, 0)  # a zombie still "exists"
     # The lease is 30 s, but the owner's pid is dead on this host: no waiting for its expiry.
     monkeypatch.setenv("TDE_TEST_SLEEP", "0.1")
     started = time.monotonic()
     (handle,) = [h for h in transparent_de.recover() if h.id == "dead"]
     assert handle.result(timeout=10) == "done"
     assert time.monotonic() - started < 5
+    child.wait(timeout=10)
 
 
 GATED = """

@@ -45,4 +45,19 @@ def owner_alive(owner: str | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _exited(pid)
+
+
+def _exited(pid: int) -> bool:
+    """A process that has exited but that its parent has not reaped yet (a zombie) still
+    answers ``kill(pid, 0)``: a worker SIGKILLed by a supervisor that has not waited for it
+    would otherwise hold its flows for a whole lease. Linux tells by the state in
+    ``/proc/<pid>/stat``; where there is no ``/proc``, the process counts as alive (the lease
+    still ends the wait)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]  # after "pid (comm) "; comm may hold ")"
+    return state in (b"Z", b"X")
