@@ -4,6 +4,7 @@ step outcomes; signals are checked before they are stored; a flow id names one c
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from transparent_de.errors import (
 
 SOURCE = """
 import threading
+import time
 import transparent_de
 
 EFFECTS = []
@@ -87,6 +89,18 @@ class Approve:
         return answer + note
 
 
+class Nap:
+    __flow__ = "run"
+
+    def run(self):
+        time.sleep(2.0)
+        return self.wake()
+
+    def wake(self):
+        EFFECTS.append("wake")
+        return "awake"
+
+
 class Stubborn:
     __flow__ = {"entries": ("run",), "max_recovery_attempts": 2, "backoff": 0.01}
 
@@ -141,6 +155,83 @@ def test_retry_rearms_the_dead_letter_and_replays_completed_steps(engine, flow_m
     assert query(engine, "SELECT status, failures FROM flows WHERE flow_id='fl2'") == [("COMPLETE", 0)]
     with pytest.raises(transparent_de.TransparentDEError, match="COMPLETE"):
         transparent_de.retry("fl2")
+
+
+class _OnLog(logging.Handler):
+    """Calls ``act`` (in the logging thread) for the first record whose message holds ``text``."""
+
+    def __init__(self, text: str, act) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.act, self.fired = text, act, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and self.text in record.getMessage():
+            self.fired = True
+            self.act()
+
+
+def test_retry_while_the_failed_run_is_still_unwinding_runs_the_flow_again(engine, flow_module):
+    """The window that made the test above flaky, held open: the dead letter is committed (the
+    journal says FAILED) but its run has not let go of the flow here yet when retry() comes.
+    The retry is kept until the run is over, and the run's ending does not mark it stopped."""
+    m = flow_module(SOURCE)
+    reached, proceed = threading.Event(), threading.Event()
+
+    def hold() -> None:  # in the failing run's thread, after the commit, before it unwinds
+        reached.set()
+        proceed.wait(20)
+
+    hook = _OnLog("FAILED after", hold)
+    logging.getLogger("transparent_de").addHandler(hook)
+    try:
+        transparent_de.start(m.Flaky().run, 2, flow_id="fl3")
+        assert reached.wait(20), "the flow never failed"
+        assert query(engine, "SELECT status FROM flows WHERE flow_id='fl3'") == [("FAILED",)]
+        assert engine.is_active("fl3")  # the window: its run still holds it
+        m.BROKEN["on"] = False
+        handle = transparent_de.retry("fl3")
+    finally:
+        proceed.set()
+        logging.getLogger("transparent_de").removeHandler(hook)
+    assert handle.result(timeout=10) == 20
+    assert m.EFFECTS.count("prepare") == 1 and m.EFFECTS.count("charge") == 4
+    assert "fl3" not in engine.refused
+
+
+@pytest.mark.parametrize("wake", ["signal", "timer"])
+def test_a_wake_up_due_while_the_flow_is_busy_here_runs_it_once_that_run_is_over(engine, flow_module, wake):
+    """A parked flow's signal or timer that falls due while a run of it still holds it here (a
+    run that parked and has not let go of its reservation yet; held here by the test, as the
+    unwinding run holds it) is kept and resumes the flow when the reservation goes."""
+    m = flow_module(SOURCE)
+    fid = f"busy-{wake}"
+    entry = m.Stubborn().run if wake == "signal" else m.Nap().run
+    handle = transparent_de.start(entry, flow_id=fid)
+    parked = [("confirm", None)] if wake == "signal" else [(None, None)]
+    deadline = time.monotonic() + 10
+    while (
+        query(engine, "SELECT waiting_for, owner FROM flows WHERE flow_id=?", (fid,)) != parked
+        or engine.scheduler.busy(fid)  # its job is over too
+    ):
+        assert time.monotonic() < deadline, "the flow did not park"
+        time.sleep(0.01)
+    deferred = threading.Event()
+    hook = _OnLog(f"flow {fid} is due while busy here", deferred.set)
+    log = logging.getLogger("transparent_de")
+    log.addHandler(hook)
+    level = log.level
+    log.setLevel(logging.DEBUG)
+    engine.reserve(fid)  # as the run that parked holds it until it has unwound
+    try:
+        if wake == "signal":
+            transparent_de.signal(fid, "confirm", "yes")
+        assert deferred.wait(10), "the wake-up was not kept for after the busy run"
+        assert not handle.done()
+    finally:
+        engine.unreserve(fid)
+        log.setLevel(level)
+        log.removeHandler(hook)
+    assert handle.result(timeout=10) == ("yes" if wake == "signal" else "awake")
 
 
 def test_an_unpicklable_result_is_bounded_too(engine, flow_module):

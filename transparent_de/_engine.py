@@ -253,6 +253,7 @@ class Engine:
     def unreserve(self, fid: str) -> None:
         with self._lock:
             self._active.discard(fid)
+        self.scheduler.released(fid)  # a wake-up that fell due while the run was here goes now
 
     def is_active(self, fid: str) -> bool:
         return fid in self._active
@@ -303,6 +304,7 @@ class Engine:
         """
         _faults.point("recovery.after_scan")
         handles = []
+        scan = self.scheduler.begin_scan()  # what runs here tell the scheduler later is newer
         unfinished = self.store.unfinished()
         pending = {u.flow_id for u in unfinished}
         for u in unfinished:
@@ -314,7 +316,7 @@ class Engine:
             if u.flow_id in self.refused:
                 handles.append(self.handle(u.flow_id))  # resolved with its error already
                 continue
-            if self.is_active(u.flow_id):
+            if self.scheduler.running(u.flow_id):  # running or queued here
                 handles.append(self.handle(u.flow_id))
                 continue
             if self.runner.owned_elsewhere(u.flow_id, u.owner, u.lease_until, u.fence):
@@ -323,7 +325,7 @@ class Engine:
             after = None
             if u.wake_at and u.wait_length is not None:  # a clock stepped back cannot stretch the wait
                 after = max(0, min(u.wake_at - _clock.now_ms(), u.wait_length)) / 1000
-            self.scheduler.schedule(u.flow_id, u.wake_at or 0, u.waiting_for, after)
+            self.scheduler.schedule(u.flow_id, u.wake_at or 0, u.waiting_for, after, as_of=scan)
         return handles
 
     def signal(self, flow_id: str, step: str, *args: Any, **kwargs: Any) -> None:
@@ -371,8 +373,7 @@ class Engine:
         with self._lock:
             self._handles.pop(flow_id, None)  # a fresh handle: the old one may hold the old failure
         handle = self.handle(flow_id)
-        if not self.is_active(flow_id):
-            self.scheduler.schedule(flow_id, 0, None)
+        self.scheduler.retry(flow_id)  # now, or once a run of it still here is over
         return handle
 
     def cancel(self, flow_id: str) -> None:
@@ -416,7 +417,7 @@ class Engine:
                 runnable = [
                     h for h in handles if h.id not in self.refused and not h.done() and _runnable(self, h.id)
                 ]
-                if not runnable and not self._active:
+                if not runnable and not self._active and self.scheduler.idle():
                     break
             stop.wait(self.poll_interval)
         outcomes = {fid: self.runner.final_outcome(fid) for fid in seen}

@@ -7,6 +7,14 @@ here, in a heap of wake-up times and a set of signal waits. The scheduler thread
 parked flow (a replay from the journal) when it falls due or its signal arrives, so
 thousands of sleeping flows cost no threads. The heartbeat thread renews the leases of the
 flows running in this process, so a long step does not lose its flow.
+
+**A wake-up of a busy flow is deferred, never dropped.** A flow is *busy* here while a run of
+it is reserved (:meth:`Engine.reserve`) or a job of it is in the pool. A wake-up that falls
+due then (``retry()`` of a flow whose failed run is still unwinding; the signal or short
+timer of a flow that has parked and not yet let go of its reservation) is kept and submitted
+when the busy run is over: dropped, it would leave the flow parked in the journal with
+nobody here to wake it. A later :meth:`schedule` of the same flow replaces it (the latest
+schedule wins, as for timers).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import functools
 import heapq
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -29,6 +38,7 @@ from .errors import FlowBusyError, JournalIOError, LeaseLostError, TransparentDE
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._handle import FlowHandle
 
 log = logging.getLogger("transparent_de")
 
@@ -54,7 +64,12 @@ class Scheduler:
         self._heartbeat: threading.Thread | None = None
         self._closed = False
         self._stop = threading.Event()
-        self._jobs: set[str] = set()  # flows submitted to the pool and not finished there
+        self._jobs: Counter[str] = Counter()  # flow -> its jobs in the pool (queued or running)
+        self._deferred: dict[str, int] = {}  # busy flows due when their run ends -> the wall deadline
+        self._retries: Counter[str] = Counter()  # retry() calls per flow: a job tells one made during it
+        self._stamps: dict[
+            str, float
+        ] = {}  # flow -> when (mono) a schedule or a run's end here last told of it
         self._io_tries: dict[str, int] = {}  # flow -> runs in a row stopped by journal I/O errors
         self.flusher = Flusher()  # writes a step's carried result when flow code runs long after it
 
@@ -80,83 +95,108 @@ class Scheduler:
                 if self._heartbeat is None and not self._closed:
                     self._heartbeat = self._start("tde-heartbeat", self._heartbeat_loop)
 
+    # ------------------------------------------------------------------ the pool
+
     def submit(self, fid: str, fn: Callable[[], Any]) -> None:
         """Run ``fn`` (a flow's entry or resume) on the pool; its outcome goes to the flow's handle."""
         self._ensure_threads()
-        engine = self.engine
-        handle = engine.handle(fid)
+        with self._lock:
+            self._jobs[fid] += 1
+        self._submit(fid, fn)
+
+    def _submit(self, fid: str, fn: Callable[[], Any]) -> None:
+        """Submit a job whose count in ``_jobs`` was taken already (by :meth:`submit` or a pop)."""
+        handle = self.engine.handle(fid)
 
         def job() -> None:
+            with self._lock:
+                retries = self._retries[fid]
             try:
-                run_job()
+                _run_job(self, fid, fn, handle, retries)
             finally:
-                self._jobs.discard(fid)
+                with self._lock:
+                    self._jobs[fid] -= 1
+                    if self._jobs[fid] <= 0:
+                        del self._jobs[fid]
+                    self._release(fid)
 
-        def run_job() -> None:
-            try:
-                value = fn()
-            except Park as park:
-                what = f"signal {park.waiting_for!r}" if park.waiting_for else f"{park.after or 0:.1f} s"
-                log.info("flow %s parked (waiting for %s)", fid, what)
-                return  # the scheduler resumes it
-            except RetryLater as retry:
-                engine.failed_runs += 1
-                log.warning(
-                    "flow %s failed (run %d of at most %d): %s: %s; next attempt in %.1f s",
-                    fid, retry.failures, retry.cap, type(retry.error).__name__, retry.error, retry.delay,
-                )  # fmt: skip
-                return  # parked until its backoff ends
-            except (FlowBusyError, LeaseLostError, LeaseLost):
-                return  # somebody else runs it; the handle reads the outcome from the journal
-            except _faults.InjectedCrash:
-                return
-            except JournalIOError as exc:
-                # The journal could not be reached (a dropped connection, a database server
-                # restarting, a full disk): the flow unwound as after a crash. Resume it here
-                # after a pause, doubling up to 30 s, as recovery would elsewhere.
-                tries = self._io_tries[fid] = self._io_tries.get(fid, 0) + 1
-                delay = min(0.5 * 2 ** (tries - 1), 30.0)
-                log.warning("flow %s: %s; resuming it in %.1f s", fid, exc, delay)
-                with contextlib.suppress(TransparentDEError):  # closed meanwhile: it stays in the journal
-                    self.schedule(fid, 0, None, after=delay)
-                return
-            except BaseException as exc:
-                outcome = engine.runner.final_outcome(fid) if engine.store.status(fid) in TERMINAL else None
-                if outcome is not None:  # it ended FAILED (its failure policy, or the cap)
-                    engine.failed_runs += 1
-                    handle._set(*outcome)
-                    return
-                # Stopped before or outside the failure policy (an engine error): not resumed
-                # here again until retry(), so that a worker does not spin on it.
-                engine.refused[fid] = exc
-                engine.failed_runs += 1
-                log.error("flow %s stopped: %s: %s (it stays resumable)", fid, type(exc).__name__, exc)
-                handle._set(False, exc)
-                return
-            self._io_tries.pop(fid, None)
-            log.info("flow %s finished", fid)
-            handle._set(True, value)
+        try:
+            pool = self._pool
+            if pool is None:
+                raise RuntimeError("no pool")
+            pool.submit(job)
+        except RuntimeError:  # shut down by close() meanwhile
+            with self._lock:
+                self._jobs[fid] -= 1
+                if self._jobs[fid] <= 0:
+                    del self._jobs[fid]
+            raise TransparentDEError("this engine was closed") from None
 
-        assert self._pool is not None
-        self._jobs.add(fid)
-        self._pool.submit(job)
+    def _busy_here(self, fid: str) -> bool:
+        """Reserved by a run, or in the pool (lock held)."""
+        return self._jobs[fid] > 0 or self.engine.is_active(fid)
+
+    def running(self, fid: str) -> bool:
+        """Is a run of the flow reserved here, or a job of it in the pool? (Recovery leaves such a
+        flow to that run: what the run does next is newer than what recovery read.)"""
+        with self._lock:
+            return self._busy_here(fid)
 
     def busy(self, fid: str) -> bool:
         """Is the flow running here, queued to run, or due within ``park_after``?"""
         with self._lock:  # one look at both: a flow moves from _due to _jobs under this lock
             due = self._due.get(fid)
-            if fid in self._jobs or self.engine.is_active(fid):
+            if self._busy_here(fid) or fid in self._deferred:
                 return True
         return due is not None and due[0] - _clock.mono() <= self.engine.park_after_ms / 1000
 
-    def schedule(self, fid: str, wake_at: int, waiting_for: str | None, after: float | None = None) -> None:
+    def idle(self) -> bool:
+        """No job in the pool and no wake-up deferred: every run started here has been accounted
+        for (a job counts its failed run after the run let go of the flow)."""
+        with self._lock:
+            return not self._jobs and not self._deferred
+
+    def released(self, fid: str) -> None:
+        """A run of ``fid`` let go of its reservation (:meth:`Engine.unreserve`)."""
+        with self._lock:
+            self._release(fid)
+
+    def _release(self, fid: str) -> None:
+        """A run or job of ``fid`` ended (what it decided is newer than any scan so far); if a
+        wake-up of it was deferred and it is no longer busy, make that due now (lock held)."""
+        self._stamps[fid] = _clock.mono()
+        if fid in self._deferred and not self._busy_here(fid) and not self._closed:
+            deadline = self._deferred.pop(fid)
+            due = _clock.mono()
+            self._due[fid] = (due, deadline)
+            heapq.heappush(self._heap, (due, fid))
+            self._wakeup.notify_all()
+
+    # ------------------------------------------------------------------ wake-ups
+
+    def schedule(
+        self,
+        fid: str,
+        wake_at: int,
+        waiting_for: str | None,
+        after: float | None = None,
+        as_of: float | None = None,
+    ) -> None:
         """Resume the flow at ``wake_at`` (wall ms; 0 = now), or when a signal for ``waiting_for`` arrives.
 
         ``after``: the seconds left, if the caller knows them better than the wall clock does
         (a flow that just parked measured them; recovery caps them at the wait's length).
+        ``as_of``: when (:meth:`begin_scan`) the caller read what it passes. If a run here has
+        told something newer since (it parked, backed off or ended), the call is stale and
+        ignored: a scan that read a running flow must not wake it at once after that run
+        backed off.
         """
         self._ensure_threads()
         with self._lock:
+            if as_of is not None and self._stamps.get(fid, as_of) > as_of:
+                return
+            self._stamps[fid] = _clock.mono() if as_of is None else as_of
+            self._deferred.pop(fid, None)  # the latest schedule wins
             # A wait with a timeout is both: watched for its signal and timed for its deadline
             # (only timing it left a signalled flow parked until the timeout).
             if waiting_for is not None:
@@ -173,12 +213,46 @@ class Scheduler:
                     heapq.heappush(self._heap, (due, fid))
             self._wakeup.notify_all()
 
+    def begin_scan(self) -> float:
+        """A recovery scan is about to read the journal: its ``as_of`` for :meth:`schedule`.
+
+        Stamps are kept ten minutes, far longer than a scan takes from its read to its last
+        schedule, so that they stay bounded in a worker that sees millions of flows.
+        """
+        now = _clock.mono()
+        with self._lock:
+            if len(self._stamps) > 1000:
+                self._stamps = {f: t for f, t in self._stamps.items() if t > now - 600}
+        return now
+
+    def retry(self, fid: str) -> None:
+        """``retry()`` re-armed the flow: run it now, or as soon as a run of it still here is over.
+
+        That run's ending is superseded: a job that sees a retry made during it does not mark
+        the flow stopped (``refused``) on reading the re-armed status.
+        """
+        with self._lock:
+            self._retries[fid] += 1
+        self.schedule(fid, 0, None)
+
     def signalled(self, fid: str) -> None:
         """A signal was stored for ``fid``: if it is parked on one, resume it now."""
         with self._lock:
             waiting = fid in self._waiting
         if waiting:
             self.schedule(fid, 0, None)
+
+    def _take(self, due: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Of flows found due, those to submit now, counted as jobs; busy ones deferred (lock held)."""
+        now = []
+        for fid, deadline in due:
+            if self._busy_here(fid):
+                self._deferred[fid] = deadline
+                log.debug("flow %s is due while busy here: it runs once its current run is over", fid)
+            else:
+                self._jobs[fid] += 1  # busy() from now on: it is about to be submitted
+                now.append((fid, deadline))
+        return now
 
     def _pop_due(self) -> list[tuple[str, int]]:
         """Flows whose time has come, with the wall deadline each was parked for (lock held)."""
@@ -189,7 +263,6 @@ class Scheduler:
             known = self._due.get(fid)
             if known is not None and known[0] == when:
                 del self._due[fid]
-                self._jobs.add(fid)  # busy() from now on: it is about to be submitted
                 due.append((fid, known[1]))
         return due
 
@@ -201,29 +274,34 @@ class Scheduler:
                     return
                 due = self._pop_due()
                 self._waiting.difference_update(fid for fid, _ in due)  # a resumed flow re-parks itself
+                due = self._take(due)
                 waiting = list(self._waiting)
                 timeout = engine.poll_interval
                 if self._heap:
                     timeout = min(timeout, max(0.0, self._heap[0][0] - _clock.mono()))
             if waiting:
-                ready = engine.store.signalled(waiting)
+                try:
+                    ready = engine.store.signalled(waiting)
+                except Exception as exc:  # the journal is away (a server restart): poll again later
+                    log.warning(
+                        "transparent_de: polling %d parked flow(s) for signals failed: %s", len(waiting), exc
+                    )
+                    ready = []
                 with self._lock:
                     self._waiting.difference_update(ready)
-                    self._jobs.update(ready)
-                due += [(fid, 0) for fid in ready]
+                    due += self._take([(fid, 0) for fid in ready])
             for fid, deadline in due:
-                if engine.is_active(fid):
-                    self._jobs.discard(fid)
-                else:
-                    try:
-                        self.submit(fid, functools.partial(engine.runner.resume, fid, deadline))
-                    except TransparentDEError:
-                        if self._closed:
-                            return  # close() raced with a due flow: it stays parked in the journal
-                        raise
+                try:
+                    self._submit(fid, functools.partial(engine.runner.resume, fid, deadline))
+                except TransparentDEError:
+                    if self._closed:
+                        return  # close() raced with a due flow: it stays parked in the journal
+                    raise
             with self._lock:
                 if not self._closed:
                     self._wakeup.wait(timeout)
+
+    # ------------------------------------------------------------------ leases, closing
 
     def _heartbeat_loop(self) -> None:
         """Renew the leases of flows running here, so a long step does not lose its flow."""
@@ -249,3 +327,62 @@ class Scheduler:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
         self._scheduler = self._heartbeat = None
+
+
+def _run_job(scheduler: Scheduler, fid: str, fn: Callable[[], Any], handle: FlowHandle, retries: int) -> None:
+    """Run one job of a flow and hand its outcome to the flow's handle (see :meth:`Scheduler.submit`).
+
+    ``retries``: the flow's count of ``retry()`` calls when the job started; a retry made
+    during the job supersedes how the job's run ended.
+    """
+    engine = scheduler.engine
+    try:
+        value = fn()
+    except Park as park:
+        what = f"signal {park.waiting_for!r}" if park.waiting_for else f"{park.after or 0:.1f} s"
+        log.info("flow %s parked (waiting for %s)", fid, what)
+        return  # the scheduler resumes it
+    except RetryLater as retry:
+        engine.failed_runs += 1
+        log.warning(
+            "flow %s failed (run %d of at most %d): %s: %s; next attempt in %.1f s",
+            fid, retry.failures, retry.cap, type(retry.error).__name__, retry.error, retry.delay,
+        )  # fmt: skip
+        return  # parked until its backoff ends
+    except (FlowBusyError, LeaseLostError, LeaseLost):
+        return  # somebody else runs it; the handle reads the outcome from the journal
+    except _faults.InjectedCrash:
+        return
+    except JournalIOError as exc:
+        # The journal could not be reached (a dropped connection, a database server
+        # restarting, a full disk): the flow unwound as after a crash. Resume it here
+        # after a pause, doubling up to 30 s, as recovery would elsewhere.
+        tries = scheduler._io_tries[fid] = scheduler._io_tries.get(fid, 0) + 1
+        delay = min(0.5 * 2 ** (tries - 1), 30.0)
+        log.warning("flow %s: %s; resuming it in %.1f s", fid, exc, delay)
+        with contextlib.suppress(TransparentDEError):  # closed meanwhile: it stays in the journal
+            scheduler.schedule(fid, 0, None, after=delay)
+        return
+    except BaseException as exc:
+        outcome = engine.runner.final_outcome(fid) if engine.store.status(fid) in TERMINAL else None
+        if outcome is not None:  # it ended FAILED (its failure policy, or the cap)
+            engine.failed_runs += 1
+            handle._set(*outcome)
+            return
+        engine.failed_runs += 1
+        with scheduler._lock:
+            retried = scheduler._retries[fid] != retries
+        if retried:  # retry() re-armed it while this run ended: it runs again, not refused
+            log.info(
+                "flow %s: its run ended (%s: %s) and it was retried meanwhile", fid, type(exc).__name__, exc
+            )
+            return
+        # Stopped before or outside the failure policy (an engine error): not resumed
+        # here again until retry(), so that a worker does not spin on it.
+        engine.refused[fid] = exc
+        log.error("flow %s stopped: %s: %s (it stays resumable)", fid, type(exc).__name__, exc)
+        handle._set(False, exc)
+        return
+    scheduler._io_tries.pop(fid, None)
+    log.info("flow %s finished", fid)
+    handle._set(True, value)
