@@ -315,8 +315,9 @@ def test_a_version_1_journal_is_migrated_in_place_and_its_flows_resume(tmp_path:
     with pytest.raises(RuntimeError):
         eng.run(m.J().run, 1, flow_id="old")
     eng.close()
-    con = sqlite3.connect(db)  # what a version-1 journal is: no flows.failures
+    con = sqlite3.connect(db)  # what a version-1 journal is: no flows.failures (nor lineage)
     con.execute("ALTER TABLE flows DROP COLUMN failures")
+    con.execute("ALTER TABLE execution_log DROP COLUMN lineage")
     con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()
@@ -330,8 +331,9 @@ def test_a_version_1_journal_is_migrated_in_place_and_its_flows_resume(tmp_path:
         eng.close()
     con = sqlite3.connect(db)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert con.execute("SELECT failures FROM flows WHERE flow_id='old'").fetchone() == (0,)
+        assert con.execute("SELECT count(lineage) FROM execution_log").fetchone() == (0,)
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         con.close()

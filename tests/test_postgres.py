@@ -47,7 +47,7 @@ def test_the_schema_is_created_once_and_foreign_or_newer_ones_are_refused(pg: An
         assert eng.store.path == url and eng.store.describe()["schema"] == "tde_contract"
     finally:
         eng.close()
-    assert query(url, "SELECT application_id, schema_version FROM journal_meta") == [(0x54444531, 1)]
+    assert query(url, "SELECT application_id, schema_version FROM journal_meta") == [(0x54444531, 2)]
     # Someone else's tables in a schema of that name: refused, nothing created in it.
     pg.admin("CREATE SCHEMA theirs; CREATE TABLE theirs.orders (id int)", dbname="tde")
     with pytest.raises(ForeignDatabaseError):
@@ -55,10 +55,29 @@ def test_the_schema_is_created_once_and_foreign_or_newer_ones_are_refused(pg: An
     tables = pg.admin("SELECT tablename FROM pg_tables WHERE schemaname = 'theirs'", dbname="tde")
     assert tables == [("orders",)]
     # A newer schema version: refused.
-    query(url, "UPDATE journal_meta SET schema_version = 2")
+    query(url, "UPDATE journal_meta SET schema_version = 3")
     with pytest.raises(SchemaTooNewError) as ei:
         _ = Engine(url).store
-    assert ei.value.found == 2 and ei.value.supported == 1
+    assert ei.value.found == 3 and ei.value.supported == 2
+
+
+def test_a_version_1_schema_gets_the_lineage_column_and_its_flows_resume(pg: Any) -> None:
+    url = pg.url("tde_v1")
+    eng = Engine(url, durability="process")
+    try:
+        _ = eng.store
+    finally:
+        eng.close()
+    # What a version-1 schema is: no execution_log.lineage.
+    query(url, "ALTER TABLE execution_log DROP COLUMN lineage")
+    query(url, "UPDATE journal_meta SET schema_version = 1")
+    eng = Engine(url, durability="process")
+    try:
+        _ = eng.store
+    finally:
+        eng.close()
+    assert query(url, "SELECT schema_version FROM journal_meta") == [(2,)]
+    assert query(url, "SELECT count(lineage) FROM execution_log") == [(0,)]
 
 
 def test_a_read_only_store_creates_nothing(pg: Any) -> None:
@@ -415,13 +434,13 @@ def test_the_cli_runs_lists_shows_and_checks_a_postgres_journal(pg: Any, tde: An
     p = tde("show", "o7", env=env)
     assert p.returncode == 0 and "price" in p.stdout, p.stderr
     p = tde("doctor", env=env)
-    assert "schema       1 (supported 1)" in p.stdout and "server       PostgreSQL " in p.stdout, p.stdout
+    assert "schema       2 (supported 2)" in p.stdout and "server       PostgreSQL " in p.stdout, p.stdout
     assert "file mode    n/a" in p.stdout and "flows        COMPLETE 1" in p.stdout, p.stdout
     p = tde("migrate", "--print-sql", env=env)
     assert p.returncode == 0 and 'CREATE SCHEMA IF NOT EXISTS "tde_cli"' in p.stdout
     assert "CREATE TABLE execution_log" in p.stdout and p.stdout.rstrip().endswith("COMMIT;")
     p = tde("migrate", env=dict(env, TRANSPARENT_DE_DB=pg.url("tde_cli2")))
-    assert p.returncode == 0 and "schema version 1" in p.stdout, p.stderr
+    assert p.returncode == 0 and "schema version 2" in p.stdout, p.stderr
     # The printed SQL is what the store creates: run by hand, the store takes the schema as its own.
     sql = tde("migrate", "--print-sql", env=dict(env, TRANSPARENT_DE_DB=pg.url("tde_by_hand"))).stdout
     pg.admin(sql, dbname="tde")

@@ -564,7 +564,7 @@ def test_mock_patch_object_is_called_and_journaled(engine, flow_module):
     assert m.LOG == []
 
 
-def test_generator_and_async_entries(engine, flow_module):
+def test_generator_entries_refuse_and_async_entries_run(engine, flow_module):
     body = """
     import asyncio
 
@@ -588,14 +588,16 @@ def test_generator_and_async_entries(engine, flow_module):
             return x * 3
     """
     source = PRELUDE + textwrap.dedent(body)
-    with pytest.warns(UserWarning, match=r"arun, astep, gen are async or generator methods"):
+    with pytest.warns(UserWarning, match=r"gen are generator methods"):
         m = flow_module(source)
-    # Not journaled yet, so never run as if they were: each refuses, naming itself, before any step.
+    # A generator entry is not journaled, so never run as if it were: it refuses, naming itself.
     with pytest.raises(transparent_de.TransparentDEError, match=r"entry gen\(\) is a generator method"):
         m.F().gen(4)
-    with pytest.raises(transparent_de.TransparentDEError, match=r"entry arun\(\) is an async def method"):
-        m.F().arun(3)
     assert m.LOG == []
+    # An async def entry is a durable flow (tests/test_async.py has the rest).
+    assert transparent_de.run(m.F().arun, 2, flow_id="a1") == [0, 3, 2]
+    assert transparent_de.run(m.F().arun, 2, flow_id="a1") == [0, 3, 2]
+    assert m.LOG == [("step", 0), ("step", 1), ("astep", 2)]
 
 
 # --------------------------------------------------------------------------- every path to a step

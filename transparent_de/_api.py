@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._engine import Engine, WorkerReport
@@ -59,6 +59,16 @@ def default_engine() -> Engine:
 def run(entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any) -> Any:
     """Run a flow on this thread; with a known ``flow_id`` resume it or return its memoized result."""
     return default_engine().run(entry, *args, flow_id=flow_id, **kwargs)
+
+
+def run_async(
+    entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any
+) -> Coroutine[Any, Any, Any]:
+    """``await run_async(Flow().run, ...)``: run (or resume, or return the memoized result of) an
+    ``async def`` flow on the running event loop; ``flow_id`` as for :func:`run`."""
+    from ._async_run import run_async as run_on_loop
+
+    return run_on_loop(default_engine(), entry, *args, flow_id=flow_id, **kwargs)
 
 
 def start(entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any) -> FlowHandle:

@@ -37,7 +37,7 @@ from ._trampoline import RUNTIME, current_run
 from .errors import TransparentDEError
 
 #: Bump whenever the rewriter's output changes: it is part of the cache file name.
-REWRITER_FORMAT = 3
+REWRITER_FORMAT = 4
 CACHE_TAG = f"{sys.implementation.cache_tag}-tde{REWRITER_FORMAT}"
 _FLAGS_CHECKED_HASH = 0b11
 
@@ -295,13 +295,11 @@ def finalize_class(
         n
         for n, v in vars(cls).items()
         if not n.startswith("_")
-        and (
-            inspect.iscoroutinefunction(v) or inspect.isasyncgenfunction(v) or inspect.isgeneratorfunction(v)
-        )
+        and (inspect.isasyncgenfunction(v) or inspect.isgeneratorfunction(v))
     )
     if unjournaled:
         warnings.warn(
-            f"flow {spec.class_name}: {', '.join(unjournaled)} are async or generator methods; this version "
+            f"flow {spec.class_name}: {', '.join(unjournaled)} are generator methods; this version "
             "does not journal them (entries among them refuse to run, steps among them run plainly).",
             stacklevel=2,
         )
@@ -330,12 +328,13 @@ def _wrap_entry(cls: type, name: str) -> None:
     original = getattr(current, "__tde_entry__", current)
     if not inspect.isfunction(original):
         return  # a property, classmethod ... named as an entry: not a flow entry, left alone
-    if (
-        inspect.iscoroutinefunction(original)
-        or inspect.isgeneratorfunction(original)
-        or (inspect.isasyncgenfunction(original))
-    ):
+    if inspect.isgeneratorfunction(original) or inspect.isasyncgenfunction(original):
         type.__setattr__(cls, name, _unsupported_entry(cls, name, original))
+        return
+    if inspect.iscoroutinefunction(original):
+        from ._async_run import async_entry
+
+        type.__setattr__(cls, name, async_entry(name, original))
         return
 
     @functools.wraps(original)
@@ -362,12 +361,12 @@ def _wrap_entry(cls: type, name: str) -> None:
 
 
 def _unsupported_entry(cls: type, name: str, original: Any) -> Any:
-    """An ``async def`` or generator entry: refused when called (it would not be durable)."""
-    kind = "an async def" if inspect.iscoroutinefunction(original) else "a generator"
+    """A generator entry: refused when called (it would not be durable)."""
+    kind = "an async generator" if inspect.isasyncgenfunction(original) else "a generator"
     message = (
         f"flow {cls.__module__}.{cls.__qualname__}: entry {name}() is {kind} method, and this version "
-        "journals plain (def) entries only: calling it would run it without a journal. Make it a plain "
-        "def, or call it outside __flow__ entries."
+        "journals def and async def entries only: calling it would run it without a journal. Make it a "
+        "def or async def returning its values, or call it outside __flow__ entries."
     )
 
     @functools.wraps(original)

@@ -53,14 +53,10 @@ def is_public(name: str) -> bool:
 
 
 def _plain_function(value: Any) -> bool:
-    """A step must be a plain (sync, non-generator) function found in a class dict."""
+    """A step must be a plain ``def`` or an ``async def`` function found in a class dict
+    (generators and async generators are not steps: their values arrive piecemeal)."""
     fn = getattr(value, "__tde_entry__", value)
-    return (
-        inspect.isfunction(fn)
-        and not inspect.isgeneratorfunction(fn)
-        and not inspect.iscoroutinefunction(fn)
-        and not inspect.isasyncgenfunction(fn)
-    )
+    return inspect.isfunction(fn) and not inspect.isgeneratorfunction(fn) and not inspect.isasyncgenfunction(fn)
 
 
 def public_methods(cls: type) -> dict[str, Any]:
@@ -172,7 +168,7 @@ def _marks_flow(node: ast.ClassDef) -> bool:
 def _body_methods(node: ast.ClassDef) -> set[str]:
     out = set()
     for stmt in node.body:
-        if isinstance(stmt, ast.FunctionDef) and is_public(stmt.name):
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and is_public(stmt.name):
             decos = {d.id for d in stmt.decorator_list if isinstance(d, ast.Name)}
             if not decos & {"staticmethod", "classmethod", "property"}:
                 out.add(stmt.name)

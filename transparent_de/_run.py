@@ -15,6 +15,7 @@ anything runs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import threading
@@ -131,13 +132,20 @@ class Run:
         try:
             return self.codec.seal(value, self._ctx(step, kind))
         except EncodeError as exc:
+            detail = str(exc)
+            if inspect.iscoroutine(value):  # an async def step called from sync flow code
+                value.close()
+                detail = (
+                    "it is a coroutine: an async def step must be awaited in async def flow code "
+                    "(make the entry async def), or made a plain def step"
+                )
             raise SerializationError(
                 flow_id=self.flow_id,
                 flow_class=self.spec.class_name,
                 step=step,
                 method=method,
                 what=what,
-                detail=str(exc),
+                detail=detail,
             ) from None
 
     def _decode(self, blob: bytes | None, step: int, kind: bytes) -> Any:

@@ -24,6 +24,7 @@ COMPLETE), a park (:class:`~._unwind.Park`: the flow waits, released), an escape
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -79,6 +80,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("transparent_de")
 
 _REBUILD_WARNED: set[type] = set()
+
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 #: Claims retried when another claimer changed the flow between our read and our write.
 _CLAIM_ROUNDS = 50
@@ -261,7 +264,13 @@ class Runner:
         """Run entry ``name`` of ``obj`` as flow ``flow_id``; ``fn`` is the exact entry function
         (a base class's, when reached through ``super()``; see :func:`entry_function`).
         ``woken``: the journaled deadline (wall ms) the scheduler found due on its monotonic
-        clock; sleeps and waits ending by it are over, whatever the wall clock says now."""
+        clock; sleeps and waits ending by it are over, whatever the wall clock says now.
+        An ``async def`` entry runs to completion on an event loop of its own (_async_run)."""
+        code = getattr(fn, "__code__", None)
+        if code is not None and code.co_flags & _CO_COROUTINE:
+            from ._async_run import run_blocking
+
+            return run_blocking(self, obj, name, args, kwargs, flow_id, background, fn, woken)
         engine = self.engine
         spec = spec_of(obj)
         fid = check_flow_id(flow_id) if flow_id is not None else self.fresh_id(obj, name)

@@ -259,6 +259,8 @@ def capture(
         if secs < 0:
             raise ValueError("sleep length must be non-negative")
         return run.sleep(float(secs))
+    if what == "asyncio.sleep":  # in sync flow code: the coroutine, as plain Python (never awaited there)
+        return fn(*args, **kwargs)
     if what == "random.SystemRandom":
         raise TransparentDEError(
             f"flow {run.spec.class_name} (id {run.flow_id}): random.SystemRandom() in flow code cannot "

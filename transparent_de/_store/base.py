@@ -71,6 +71,7 @@ class StepRow:
     timestamp: int
     delay: int | None
     kind: str
+    lineage: str | None = None  # an async flow's slot ident ('0.1:3'), see _lineage
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,7 @@ class Intent:
     site: str | None
     delay: int | None = None
     status: str = "PENDING"
+    lineage: str | None = None  # async flows: the call's slot ident, its identity (docs/async.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,7 @@ class Captured:
     method: str
     value: bytes
     fingerprint: str | None
+    lineage: str | None = None  # async flows: the call's slot ident, its identity (docs/async.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,6 +225,7 @@ def _intent(fid: str, op: Intent) -> list[Statement]:
         op.fingerprint,
         op.site,
         op.timestamp,
+        op.lineage,
     )
     return [(Q["intent"], params)]
 
@@ -246,7 +247,7 @@ def _reopen(fid: str, op: Reopen) -> list[Statement]:
 
 
 def _captured(fid: str, op: Captured) -> list[Statement]:
-    params = (fid, op.step, op.timestamp, op.module, op.method, op.value, op.fingerprint, op.timestamp)
+    params = (fid, op.step, op.timestamp, op.module, op.method, op.value, op.fingerprint, op.timestamp, op.lineage)
     return [(Q["captured"], params)]
 
 

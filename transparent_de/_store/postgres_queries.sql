@@ -120,8 +120,8 @@ SELECT status FROM before
 -- name: intent
 -- Before a step runs. A row that exists already only counts the attempt (the seed's upsert).
 INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, delay, status, parameters,
-                           kind, fingerprint, site, updated)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                           kind, fingerprint, site, updated, lineage)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (flow_id, step) DO UPDATE SET attempts = execution_log.attempts + 1, updated = excluded.updated
 
 -- name: retry
@@ -140,8 +140,8 @@ UPDATE execution_log SET status = 'PENDING', updated = %s WHERE flow_id = %s AND
 
 -- name: captured
 INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, parameters,
-                           return_value, kind, fingerprint, updated)
-VALUES (%s, %s, %s, %s, %s, 'COMPLETE', NULL, %s, 'capture', %s, %s)
+                           return_value, kind, fingerprint, updated, lineage)
+VALUES (%s, %s, %s, %s, %s, 'COMPLETE', NULL, %s, 'capture', %s, %s, %s)
 
 -- name: consume_signal
 -- Aborts the transaction (TD002) if the signal was consumed already (see tde_consume).
@@ -207,7 +207,7 @@ WHERE flow_id = ANY(%s::text[]) AND (status NOT IN ('PENDING', 'WAITING_FOR_SIGN
 
 -- name: load_steps
 SELECT step, class_name, method_name, status, attempts, parameters, return_value, fingerprint, error,
-       timestamp, delay, kind
+       timestamp, delay, kind, lineage
 FROM execution_log WHERE flow_id = %s AND step > 0
 
 -- name: status

@@ -1,4 +1,4 @@
--- The transparent_de PostgreSQL journal, schema version 1 (journal_meta.schema_version), in a
+-- The transparent_de PostgreSQL journal, schema version 2 (journal_meta.schema_version), in a
 -- schema of its own ("transparent_de" by default; every connection's search_path is set to it).
 -- The tables and columns are those of the SQLite journal (sqlite_schema.sql), with the same
 -- meanings; docs/journal.md documents every column, docs/postgres.md what differs.
@@ -29,6 +29,7 @@ CREATE TABLE execution_log (
     error_text   TEXT,              -- the formatted traceback of `error`, for people
     site         TEXT,              -- call site 'qualname:line' (diagnostics only, not checked on replay)
     updated      BIGINT  NOT NULL,  -- ms since the epoch of the last change
+    lineage      TEXT,              -- async flows: the call's slot 'task key:n' (e.g. '0.1:3'), its identity; NULL in sync flows
     PRIMARY KEY (flow_id, step)
 );
 

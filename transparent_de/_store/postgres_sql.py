@@ -14,8 +14,9 @@ from .sqlite_sql import APPLICATION_ID, load_migrations, load_queries
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "Q"]
 
 #: History: 1 — first version (the SQLite journal's version 2 tables and columns, and the
-#: ``tde_fence`` / ``tde_consume`` functions).
-SCHEMA_VERSION = 1
+#: ``tde_fence`` / ``tde_consume`` functions); 2 — ``execution_log.lineage`` (an async
+#: flow's call identity, docs/async.md), as the SQLite journal's version 3.
+SCHEMA_VERSION = 2
 
 
 def _text(name: str) -> str:

@@ -200,6 +200,7 @@ def _intent(con: sqlite3.Connection, fid: str, op: Intent) -> None:
             op.fingerprint,
             op.site,
             op.timestamp,
+            op.lineage,
         ),
     )
 
@@ -223,7 +224,7 @@ def _reopen(con: sqlite3.Connection, fid: str, op: Reopen) -> None:
 def _captured(con: sqlite3.Connection, fid: str, op: Captured) -> None:
     con.execute(
         Q["captured"],
-        (fid, op.step, op.timestamp, op.module, op.method, op.value, op.fingerprint, op.timestamp),
+        (fid, op.step, op.timestamp, op.module, op.method, op.value, op.fingerprint, op.timestamp, op.lineage),
     )
 
 

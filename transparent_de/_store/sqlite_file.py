@@ -8,6 +8,7 @@ overwritten. Schema history:
 * 1 — first version: ``execution_log`` (the seed's columns plus kind, fingerprint, error,
   error_text, site, updated), ``flows`` (lease, fencing token, wake-up, wait) and ``signals``.
 * 2 — ``flows.failures``: consecutive failed runs (recovery backs off; at the cap, FAILED).
+* 3 — ``execution_log.lineage``: an async flow's call identity (slot ident, docs/async.md).
 
 Migrations (``sqlite_migrations.sql``) run when a writer opens an older journal, in one
 transaction under ``BEGIN IMMEDIATE``, so processes opening it together migrate it once.

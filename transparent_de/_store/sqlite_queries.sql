@@ -52,8 +52,8 @@ UPDATE execution_log SET status = 'CANCELLED', updated = ? WHERE flow_id = ? AND
 -- name: intent
 -- Before a step runs. A row that exists already only counts the attempt (the seed's upsert).
 INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, delay, status, parameters,
-                           kind, fingerprint, site, updated)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           kind, fingerprint, site, updated, lineage)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (flow_id, step) DO UPDATE SET attempts = attempts + 1, updated = excluded.updated
 
 -- name: retry
@@ -72,8 +72,8 @@ UPDATE execution_log SET status = 'PENDING', updated = ? WHERE flow_id = ? AND s
 
 -- name: captured
 INSERT INTO execution_log (flow_id, step, timestamp, class_name, method_name, status, parameters,
-                           return_value, kind, fingerprint, updated)
-VALUES (?, ?, ?, ?, ?, 'COMPLETE', NULL, ?, 'capture', ?, ?)
+                           return_value, kind, fingerprint, updated, lineage)
+VALUES (?, ?, ?, ?, ?, 'COMPLETE', NULL, ?, 'capture', ?, ?, ?)
 
 -- name: consume_signal
 UPDATE signals SET consumed_step = ? WHERE seq = ? AND consumed_step IS NULL
@@ -147,7 +147,7 @@ WHERE flow_id IN (SELECT value FROM json_each(?))
 
 -- name: load_steps
 SELECT step, class_name, method_name, status, attempts, parameters, return_value, fingerprint, error,
-       timestamp, delay, kind
+       timestamp, delay, kind, lineage
 FROM execution_log WHERE flow_id = ? AND step > 0
 
 -- name: status

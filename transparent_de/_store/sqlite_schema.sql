@@ -1,4 +1,4 @@
--- The transparent_de SQLite journal, schema version 2 (PRAGMA user_version; PRAGMA
+-- The transparent_de SQLite journal, schema version 3 (PRAGMA user_version; PRAGMA
 -- application_id = 0x54444531, "TDE1"). Every column is documented in docs/journal.md.
 -- Readable by any SQLite tool; written only by transparent_de.
 -- One row per step invocation, as in the seed (Persistasaurus). Step 0 is the flow itself.
@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS execution_log (
     error_text   TEXT,              -- the formatted traceback of `error`, for people
     site         TEXT,              -- call site 'qualname:line' (diagnostics only, not checked on replay)
     updated      INTEGER NOT NULL,  -- ms since the epoch of the last change
+    lineage      TEXT,              -- async flows: the call's slot 'task key:n' (e.g. '0.1:3'), its identity; NULL in sync flows
     PRIMARY KEY (flow_id, step)
 ) WITHOUT ROWID;
 

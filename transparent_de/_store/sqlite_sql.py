@@ -10,7 +10,7 @@ import importlib.resources
 import re
 
 APPLICATION_ID = 0x54444531  # "TDE1"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _text(name: str) -> str:

@@ -1,0 +1,517 @@
+"""Async flows (issue #16): ``async def`` entries and steps, journaled with scheduling-free ids.
+
+An :class:`AsyncRun` is a :class:`~._run.Run` whose step numbers come from
+:mod:`._lineage` instead of a counter: each journaled call (an async or sync step, a captured
+value, a durable ``asyncio.sleep``) takes a *slot* ``(task key, n)`` synchronously where flow
+code calls it, before any ``await``, and the slot maps to the journal's ``step`` number. The
+slot's ident is written in ``execution_log.lineage``; on replay the journal's
+``lineage -> step`` rows give every slot its recorded number again, whatever order the tasks
+of ``gather`` / ``TaskGroup`` / ``create_task`` reach their calls or finish in now. Rows stay
+one per step with ordered integer ``step`` numbers, so ``show`` and plain SQL read async
+flows like sync ones (docs/async.md).
+
+What an async step returns is a coroutine of the same shape whether it runs or is replayed,
+so ``gather`` creates the same tasks either way, and a replayed step runs no code of its own.
+Its body runs inside :func:`step_body`: plain code, where nothing is numbered or journaled.
+
+Where the flow code is. The run is the same object in every task of the flow (tasks copy
+the context holding :data:`~._trampoline.current_run`); "inside a step body" is per task,
+a context variable, since one task may be in a step while another runs flow code.
+
+Not here yet (docs/async.md, "Not supported yet"): parking (a long ``asyncio.sleep`` is
+awaited in place), ``wait_for`` signals and child flows from async flow code, journal writes
+off the event loop (each write blocks the loop for one commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import inspect
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Coroutine, Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from . import _clock, _faults, _lineage, _trampoline
+from ._entries import bound_entry, canonical_call, check_flow_id, declaring_class, spec_of
+from ._run import _INTERRUPTIONS, Run, check_call, warn_if_mutated
+from ._serialization import fingerprint, is_flat
+from ._store.base import Captured, Complete, Intent, LeaseLost, Op, Retry, StepRow
+from ._trampoline import ACTIVE, current_run
+from ._unwind import EngineUnwind, Park
+from .errors import LeaseLostError, TransparentDEError
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._marking import FlowSpec
+    from ._runner import Runner
+
+log = logging.getLogger("transparent_de")
+
+#: True while the running task executes a step body (plain code: nothing in it is journaled).
+_IN_STEP: ContextVar[bool] = ContextVar("transparent_de_in_step", default=False)
+_real_async_sleep = asyncio.sleep
+_STOP = (*_INTERRUPTIONS, asyncio.CancelledError)  # interrupt a step; never its outcome
+# ``asyncio.sleep`` in flow code is a durable timer: captured like ``time.sleep`` (the rewriter
+# already routes every ``.sleep(...)`` call site to the runtime, which decides by identity).
+_trampoline.CAPTURED[asyncio.sleep] = "asyncio.sleep"
+
+
+@contextlib.contextmanager
+def step_body() -> Iterator[None]:
+    """Run a step body: outside the lineage (tasks it makes take no number) and not journaled."""
+    token = _IN_STEP.set(True)
+    try:
+        with _lineage.suspended():
+            yield
+    finally:
+        _IN_STEP.reset(token)
+
+
+_ASYNC: dict[Any, bool] = {}
+
+
+def is_async(fn: Any) -> bool:
+    """Is ``fn`` (a step guard, entry wrapper or plain function) an ``async def``? Cached."""
+    found = _ASYNC.get(fn)
+    if found is None:
+        raw = getattr(fn, "__tde_step__", fn)
+        raw = getattr(raw, "__tde_entry__", raw)
+        code = getattr(raw, "__code__", None)
+        found = _ASYNC[fn] = code is not None and bool(code.co_flags & inspect.CO_COROUTINE)
+    return found
+
+
+class AsyncRun(Run):
+    """One execution (or replay) of an async flow: lineage slots instead of a step counter."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        flow_id: str,
+        flow: Any,
+        spec: FlowSpec,
+        fence: int,
+        rows: dict[int, StepRow],
+        background: bool,
+        woken: int = 0,
+        failures: int = 0,
+    ) -> None:
+        super().__init__(engine, flow_id, flow, spec, fence, rows, background, woken, failures)
+        recorded = {r.lineage: r.step for r in rows.values() if r.lineage}
+        self.lineage = _lineage.Lineage(
+            flow_id=flow_id, recorded=recorded, next_step=max(rows, default=0) + 1
+        )
+        self.idents: dict[int, str] = {}  # step -> slot ident, for the rows this run writes
+        self.unawaited: dict[int, tuple[str, Coroutine[Any, Any, Any]]] = {}
+        self.carry = self._carry
+
+    # In flow code unless this task is in a step body (see the module docstring). The setter
+    # ignores Run's own bookkeeping, which is per run, not per task.
+    @property
+    def in_step(self) -> bool:
+        return _IN_STEP.get()
+
+    @in_step.setter
+    def in_step(self, value: bool) -> None:
+        pass
+
+    # ------------------------------------------------------------------ numbering, writes
+
+    def _next(self) -> int:
+        """The step number of a journaled call made now: its lineage slot's."""
+        try:
+            slot = _lineage.reserve()
+        except _lineage.LineageError as exc:
+            raise self._poison(exc) from None
+        if slot is None:  # a thread without the flow's context, or engine code
+            raise self._poison(
+                TransparentDEError(
+                    f"flow {self.spec.class_name} (id {self.flow_id}): a journaled call was made outside "
+                    "the flow's tasks, where its identity would depend on timing. Call steps from flow code"
+                )
+            )
+        self.idents[slot.step] = slot.ident
+        self.counter = max(self.counter, slot.step)
+        return slot.step
+
+    def _poison(self, error: TransparentDEError) -> TransparentDEError:
+        if self.poisoned is None:
+            self.poisoned = error
+        return error
+
+    def _tag(self, op: Op) -> Op:
+        """An intent or captured row gets its slot ident (the ``lineage`` column)."""
+        if (type(op) is Intent or type(op) is Captured) and op.lineage is None:
+            ident = self.idents.get(op.step)
+            if ident is not None:
+                return dataclasses.replace(op, lineage=ident)
+        return op
+
+    def commit(self, label: str, *ops: Op) -> None:
+        super().commit(label, *(self._tag(op) for op in ops))
+
+    def _carry(self, op: Op) -> None:
+        self.writer.carry(self._tag(op))
+
+    # ------------------------------------------------------------------ steps
+
+    def call_step(
+        self,
+        obj: Any,
+        name: str,
+        site: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fn: Callable[..., Any] | None = None,
+        owner: str | None = None,
+    ) -> Any:
+        """A step called from async flow code: its slot is taken now, at the call.
+
+        An async step returns a coroutine (the step runs, or is replayed, when it is awaited);
+        a sync step runs (or is replayed) at once, as in a sync flow.
+        """
+        __tracebackhide__ = True
+        if threading.get_ident() != self.thread:
+            self.foreign_thread_call(name)
+        target = fn or getattr(type(obj), name)
+        step = self._next()
+        cls_name = owner or declaring_class(obj, name)
+        fp = fingerprint(canonical_call(target, obj, args, kwargs))
+        row = self.rows.get(step)
+        if row is not None:
+            check_call(self, step, row, cls_name, name, fp, (args, kwargs))
+
+        def call() -> Any:
+            with step_body():
+                return getattr(obj, name)(*args, **kwargs) if fn is None else fn(obj, *args, **kwargs)
+
+        if not is_async(target):
+            if row is not None and row.status == "COMPLETE":
+                return self._decode(row.return_value, step, b"r")
+            if row is not None and row.status == "FAILED":
+                raise self._replay_failure(step, row)
+            return self._execute(step, cls_name, name, site, args, kwargs, fp, row, call)
+        coro = self._async_step(step, cls_name, name, site, args, kwargs, fp, row, call)
+        self.unawaited[step] = (name, coro)
+        return coro
+
+    async def _async_step(
+        self,
+        step: int,
+        cls_name: str,
+        name: str,
+        site: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fp: str | None,
+        row: StepRow | None,
+        call: Callable[[], Any],
+    ) -> Any:
+        """Replay or execute an async step: the async twin of :meth:`Run._execute`."""
+        __tracebackhide__ = True
+        self.unawaited.pop(step, None)
+        if not self.active:
+            raise TransparentDEError(
+                f"flow {self.spec.class_name} (id {self.flow_id}), step {step} ({name}): awaited after "
+                "the flow returned, so it cannot be journaled. Await every step inside the flow"
+            )
+        if row is not None and row.status == "COMPLETE":
+            return self._decode(row.return_value, step, b"r")
+        if row is not None and row.status == "FAILED":
+            raise self._replay_failure(step, row)
+        params = self._encode((args, kwargs), step, name, "the arguments", b"p")
+        spec, tries = self.spec, 0
+        while True:
+            tries += 1
+            _faults.point("step.intent.before_write")
+            ts = _clock.now_ms()
+            intent: Op = (
+                Intent(step, ts, cls_name, name, "step", params, fp, site)
+                if row is None and tries == 1
+                else Retry(step, ts)
+            )
+            self.commit("step.intent.mid_txn", intent)
+            if self.writer.full:
+                self.sync()
+            _faults.point("step.intent.after_commit")
+            token = _IN_STEP.set(True)
+            try:
+                with _lineage.suspended():
+                    result = await call()
+            except _STOP:
+                raise
+            except BaseException as exc:
+                if tries <= spec.retries and isinstance(exc, spec.retry_on):
+                    _faults.point("step.retry.before_backoff")
+                    await _real_async_sleep(min(spec.backoff * (2 ** (tries - 1)), spec.max_backoff))
+                    continue
+                self._record_failure(step, name, exc)
+                raise
+            finally:
+                _IN_STEP.reset(token)
+            break
+        _faults.point("step.result.before_write")
+        if result is self.flow:
+            raise TransparentDEError(
+                f"flow {self.spec.class_name} (id {self.flow_id}), step {step} ({name}): the step returned "
+                "the flow object itself; a replay would return a copy. Return None or a value."
+            )
+        if fp is not None and not is_flat(args, kwargs):
+            warn_if_mutated(self, name, fp, args, kwargs)
+        self.carry(Complete(step, self._encode(result, step, name, "the result", b"r"), _clock.now_ms()))
+        self.progressed = True
+        _faults.point("step.result.carried")
+        return result
+
+    # ------------------------------------------------------------------ captured calls, timers
+
+    def capture(
+        self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Captured calls as in sync flows (numbered by slot); ``asyncio.sleep`` is a timer."""
+        if what == "asyncio.sleep":
+            return self._sleep(*args, **kwargs)
+        if what == "time.sleep":
+            raise TransparentDEError(
+                f"flow {self.spec.class_name} (id {self.flow_id}): time.sleep() in async flow code would "
+                "block the event loop; use await asyncio.sleep(...), a durable timer in async flows"
+            )
+        return super().capture(what, fn, args, kwargs)
+
+    def _sleep(self, delay: float, result: Any = None) -> Coroutine[Any, Any, Any]:
+        """``asyncio.sleep(delay)`` in flow code: a journaled timer, its slot taken at the call.
+
+        A delay of 0 (or less) is the idiom for "let other tasks run": it takes no slot and
+        writes nothing (whether a delay is 0 depends on flow state only, so ids stay stable).
+        """
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(f"asyncio.sleep() delay must be a number, not {type(delay).__name__}")
+        if delay <= 0:
+            return _real_async_sleep(0, result)
+        ms = max(1, round(delay * 1000))
+        step = self._next()
+        fp = fingerprint(ms)
+        row = self.rows.get(step)
+        if row is not None:
+            self._check(step, row, "asyncio", "sleep", fp)
+        coro = self._timer(step, ms, fp, row, result)
+        self.unawaited[step] = ("asyncio.sleep", coro)
+        return coro
+
+    async def _timer(self, step: int, ms: int, fp: str, row: StepRow | None, result: Any) -> Any:
+        from ._waits import _time_left
+
+        self.unawaited.pop(step, None)
+        if row is not None and row.status == "COMPLETE":
+            await _real_async_sleep(0)
+            return result
+        if row is not None:
+            deadline = row.timestamp + (row.delay or 0)
+        else:
+            ts = _clock.now_ms()
+            self.commit(
+                "sleep.start.mid_txn", Intent(step, ts, "asyncio", "sleep", "sleep", None, fp, None, ms)
+            )
+            self.sync()
+            _faults.point("sleep.after_deadline_written")
+            deadline = ts + ms
+        await _real_async_sleep(_time_left(self, deadline, ms))
+        _faults.point("sleep.wake.before_commit")
+        self.carry(Complete(step, None, _clock.now_ms()))
+        return result
+
+    def sleep(self, seconds: float) -> None:
+        raise TransparentDEError(f"flow {self.spec.class_name}: use await asyncio.sleep() in async flows")
+
+    def wait_signal(self, obj: Any, name: str, timeout: float | None) -> Any:
+        raise TransparentDEError(
+            f"flow {self.spec.class_name} (id {self.flow_id}): transparent_de.wait_for() is not supported "
+            "in async flows yet (docs/async.md); wait in a sync flow, or signal a step of its own"
+        )
+
+    def child_flow(
+        self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[..., Any]
+    ) -> Any:
+        raise TransparentDEError(
+            f"flow {self.spec.class_name} (id {self.flow_id}): calling the entry {type(obj).__qualname__}."
+            f"{name}() of another flow from async flow code is not supported yet (docs/async.md); "
+            "start it with transparent_de.start() inside a step"
+        )
+
+    # ------------------------------------------------------------------ the end of the flow
+
+    def leftovers(self) -> None:
+        """At the entry's return: warn about steps never awaited, refuse tasks left running."""
+        for step, (name, coro) in sorted(self.unawaited.items()):
+            coro.close()  # instead of Python's anonymous "never awaited" warning
+            message = (
+                f"flow {self.spec.class_name} (id {self.flow_id}), step {step} ({name}): called but never "
+                "awaited, so it did not run and was not journaled. Await it (or gather it)"
+            )
+            log.warning("%s", message)
+            warnings.warn(message, RuntimeWarning, stacklevel=1)
+        self.unawaited.clear()
+        running = [
+            (n.key, t)
+            for t, n in list(self.lineage._tasks.items())
+            if n is not self.lineage.root and not t.done()
+        ]
+        if running:
+            for _, task in running:
+                task.cancel()  # it must not journal anything once the flow is over
+            keys = ", ".join(sorted((k for k, _ in running), key=_lineage.key_sort))
+            raise _lineage.LineageError(
+                flow_id=self.flow_id,
+                key=keys,
+                reason=(
+                    "still running when the flow returned, so what it does would not be journaled "
+                    "(it was cancelled). Await every task the flow creates before it returns"
+                ),
+            )
+
+
+# --------------------------------------------------------------------------- running async entries
+
+
+async def run_entry_async(
+    runner: Runner,
+    obj: Any,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    flow_id: str | None,
+    background: bool,
+    fn: Callable[..., Any],
+    woken: int = 0,
+) -> Any:
+    """The async twin of :meth:`Runner.run_entry`: claim, drive on the running loop, finish."""
+    from ._runner import Claimed
+
+    engine = runner.engine
+    spec = spec_of(obj)
+    fid = check_flow_id(flow_id) if flow_id is not None else runner.fresh_id(obj, name)
+    claimed = runner.claim(obj, name, tuple(args), dict(kwargs), fid, fn)
+    if not isinstance(claimed, Claimed):
+        assert claimed is not None
+        ok, value = claimed
+        if ok:
+            return value
+        assert isinstance(value, BaseException)
+        raise value
+    run = AsyncRun(engine, fid, obj, spec, claimed.fence, claimed.rows, background, woken, claimed.failures)
+    run.entry = name
+    engine.scheduler.ensure_heartbeat()
+    try:
+        return await _drive(runner, run, fn, obj, args, kwargs)
+    finally:
+        run.end()
+        engine.unreserve(fid)
+
+
+async def _drive(
+    runner: Runner, run: AsyncRun, fn: Callable[..., Any], obj: Any, args: Any, kwargs: Any
+) -> Any:
+    """Execute (or replay) the entry coroutine and journal how the run ended (as Runner._drive)."""
+    try:
+        try:
+            token = current_run.set(run)
+            ACTIVE[id(obj)] = run
+            try:
+                with run.lineage.bound():
+                    try:
+                        result = await fn(obj, *args, **kwargs)
+                    finally:
+                        pending = run.unawaited  # an exception may leave steps never awaited too
+                    run.leftovers()
+            finally:
+                current_run.reset(token)
+                if ACTIVE.get(id(obj)) is run:
+                    del ACTIVE[id(obj)]
+                for _, coro in pending.values():
+                    coro.close()
+            if run.poisoned is not None:
+                raise EngineUnwind(run.poisoned)
+            runner._complete(run, result)
+            return result
+        except Park as park:  # pragma: no cover - async flows do not park yet
+            runner._park(run, park)
+            raise
+        except (_faults.InjectedCrash, EngineUnwind, LeaseLost):
+            raise
+        except Exception as exc:
+            runner._fail(run, exc)
+            raise
+        except BaseException:  # cancellation, KeyboardInterrupt: resumable, free for recovery
+            run.writer.release()
+            raise
+    except EngineUnwind as unwind:
+        run.writer.release()
+        raise unwind.error.with_traceback(unwind.__traceback__) from None
+    except LeaseLost:
+        raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None
+
+
+def run_blocking(
+    runner: Runner,
+    obj: Any,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    flow_id: str | None,
+    background: bool,
+    fn: Callable[..., Any],
+    woken: int = 0,
+) -> Any:
+    """An async entry run from sync code (``run()``, ``start()``, ``recover()``): to completion on
+    an event loop of its own, in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_entry_async(runner, obj, name, args, kwargs, flow_id, background, fn, woken))
+    raise TransparentDEError(
+        f"flow {spec_of(obj).class_name}: entry {name}() is async def and this thread runs an event loop; "
+        "await it instead: await transparent_de.run_async(entry, ...) or await Flow().entry(...)"
+    )
+
+
+def run_async(
+    engine: Engine, entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any
+) -> Coroutine[Any, Any, Any]:
+    """``await run_async(Flow().run, ...)``: run (or resume) an async flow on the running loop."""
+    obj, name, fn = bound_entry(entry)
+    if not is_async(fn):
+        raise TypeError(f"{spec_of(obj).class_name}.{name} is not async def; use transparent_de.run()")
+    return run_entry_async(engine.runner, obj, name, args, kwargs, flow_id, False, fn)
+
+
+def async_entry(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper of an ``async def`` entry: a plain function returning an awaitable, so that
+    ``await Flow().run(x)`` starts a flow, and the same entry called on the running flow takes
+    its slot at the call, like any step."""
+
+    @functools.wraps(original)
+    def entry(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        run = current_run.get()
+        if run is not None:
+            if run.in_step:
+                return original(self, *args, **kwargs)
+            if run.flow is self:  # another entry of the running flow: a step; its own (super()): inline
+                if name in run.steps and name != run.entry:
+                    return run.call_step(self, name, "", args, kwargs, original)
+                return original(self, *args, **kwargs)
+            return run.child_flow(self, name, args, kwargs, original)
+        from . import _api
+
+        return run_entry_async(_api.default_engine().runner, self, name, args, kwargs, None, False, original)
+
+    entry.__tde_entry__ = original  # type: ignore[attr-defined]
+    entry.__tde_name__ = name  # type: ignore[attr-defined]
+    mark = getattr(inspect, "markcoroutinefunction", None)  # 3.12+: iscoroutinefunction(Flow.run) holds
+    return mark(entry) if mark is not None else entry
