@@ -176,7 +176,7 @@ def raw(cluster: pg.Cluster, url: str, n: int, flows: int, sync: str) -> float:
             for i in range(1, n + 1):
                 t = time.time_ns() // 1_000_000
                 intent = (Q["intent"], (fid, i, t, cls, "step", None, "PENDING", pickle.dumps(((i,), {})), "step",
-                                        "0123456789abcdef", "StepFlow.run:12", t))
+                                        "0123456789abcdef", "StepFlow.run:12", t, None))  # lineage: NULL (a sync flow)
                 if i > 1:
                     fenced(fid, (Q["complete"], (result, t, fid, i - 1)), intent)
                 else:
