@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 import pytest
 from helpers import query
 
-import transparent_de
 from transparent_de import Engine
+from transparent_de._store.postgres_db import parse_url
+from transparent_de._store.postgres_wake import channel
 from transparent_de.errors import ForeignDatabaseError, SchemaTooNewError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX only (signals)")
@@ -122,7 +122,11 @@ class Busy:
 
 
 def test_a_server_restart_under_load_unwinds_flows_and_they_resume(
-    pg: Any, flow_module: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pg: Any,
+    flow_module: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="transparent_de")
     fx = tmp_path / "effects"
@@ -373,12 +377,13 @@ def test_a_partitioned_owner_loses_its_flows_and_its_late_commits_are_refused(
         assert any(r.endswith("@hostB") for r in results[fid]), results[fid]
 
 
-def test_a_signal_to_a_flow_parked_on_another_host_resumes_it(
-    pg: Any, flow_module: Any, tmp_path: Path
-) -> None:
-    m = flow_module(
-        """
+# --------------------------------------------------------------------------- wake-up hints (LISTEN/NOTIFY)
+
+PARKING = """
+import time
 import transparent_de
+
+RAN = []
 
 class Approval:
     __flow__ = "run"
@@ -391,30 +396,163 @@ class Approval:
 
     def answer(self, yes):
         return yes
+
+class Nap:
+    __flow__ = "run"
+
+    def run(self, seconds):
+        time.sleep(seconds)
+        return self.wake()
+
+    def wake(self):
+        RAN.append(time.monotonic())
+        return "awake"
 """
+
+#: Far longer than any wake-up the tests allow: a flow resumed in time was woken by a hint.
+SLOW_POLL = 5.0
+
+
+def _engine(url: str, poll: float = SLOW_POLL, durability: str = "process") -> Engine:
+    return Engine(url, durability=durability, poll_interval=poll, park_after=0.1, hmac_key=None)
+
+
+def _listening(pg: Any, url: str) -> int:
+    """Listener connections on the journal's channel, as the server sees them."""
+    schema = parse_url(url).schema
+    rows = pg.admin(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'transparent_de:listen' AND query = %s",
+        (f'LISTEN "{channel(schema)}"',),
+        dbname="tde",
     )
+    return int(rows[0][0])
+
+
+def _until(what: str, check: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _parked(url: str, fid: str) -> bool:
+    return query(url, "SELECT waiting_for, owner FROM flows WHERE flow_id=?", (fid,)) == [("answer", None)]
+
+
+def test_a_signal_from_another_engine_wakes_a_parked_flow_at_once(pg: Any, flow_module: Any) -> None:
+    """Engine B signals a flow parked in engine A: A resumes it on B's NOTIFY, far sooner than
+    its poll (every 5 s here; it last polled when the flow parked, just before the signal)."""
+    m = flow_module(PARKING)
     url = pg.url()
-    a = Engine(url, durability="process", poll_interval=0.05, park_after=0.1, hmac_key=None)
-    b = Engine(url, durability="process", poll_interval=0.05, park_after=0.1, hmac_key=None)
-    stop = threading.Event()
-    t = threading.Thread(target=a.worker, args=(stop,))
+    a, b = _engine(url), _engine(url)
     try:
-        h = a.start(m.Approval().run, "ann", flow_id="ap")
-        t.start()
-        deadline = time.monotonic() + 20
-        while query(url, "SELECT waiting_for, owner FROM flows WHERE flow_id='ap'") != [("answer", None)]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        for i in range(3):
+            h = a.start(m.Approval().run, f"ann{i}", flow_id=f"ap{i}")
+            _until("the flow did not park", lambda i=i: _parked(url, f"ap{i}"))
+            sent = time.monotonic()
+            b.signal(
+                f"ap{i}", "answer", True
+            )  # from another engine (another host, for all the journal knows)
+            assert h.result(timeout=10) == [f"ann{i}", True]
+            assert time.monotonic() - sent < 1.0
+        assert _listening(pg, url) == 1  # one connection per engine with a scheduler: A's (B never ran one)
+    finally:
+        a.close()
+        b.close()
+    assert _listening(pg, url) == 0  # closed with its engine
+
+
+def test_hints_about_flows_this_engine_does_not_hold_are_harmless(pg: Any, flow_module: Any) -> None:
+    """Junk on the channel, and hints about a flow parked by an engine that is gone, change nothing
+    here: the flow is left parked (this engine never recovered, so it is not its to run), and the
+    listener goes on (a later hint, delivered after them in order, still wakes A's own flow)."""
+    m = flow_module(PARKING)
+    url = pg.url()
+    a, b, c = _engine(url), _engine(url), _engine(url)
+    try:
+        c.start(m.Approval().run, "them", flow_id="theirs")
+        _until("their flow did not park", lambda: _parked(url, "theirs"))
+        c.close()
+        h = a.start(m.Approval().run, "me", flow_id="mine")
+        _until("my flow did not park", lambda: _parked(url, "mine"))
+        name = channel(parse_url(url).schema)
+        junk = [
+            "garbage",
+            "{}",
+            '{"k":"s"}',
+            '{"k":"s","f":7}',
+            '{"k":"x","f":"mine"}',
+            '{"k":"p","f":"mine","w":"soon"}',
+        ]
+        hints = [
+            '{"k":"p","f":"theirs","w":null,"l":null,"s":"answer","o":"elsewhere:1:x"}',
+            '{"k":"s","f":"theirs"}',
+        ]
+        for payload in junk + hints:
+            pg.admin("SELECT pg_notify(%s, %s)", (name, payload), dbname="tde")
+        b.signal("theirs", "answer", False)  # a real signal for a flow A does not hold
         sent = time.monotonic()
-        b.signal("ap", "answer", True)  # from another engine (another host, for all the journal knows)
+        b.signal("mine", "answer", True)
+        assert h.result(timeout=10) == ["me", True]
+        assert time.monotonic() - sent < 1.0
+        assert _parked(url, "theirs")
+        assert query(url, "SELECT consumed_step FROM signals WHERE flow_id='theirs'") == [(None,)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_recovering_engine_wakes_a_flow_another_engine_parked_and_left(pg: Any, flow_module: Any) -> None:
+    """The park's NOTIFY: engine C parks a flow on a 1 s timer and closes; engine W, which ran
+    recover() before the flow existed and polls nothing after, wakes it on time."""
+    m = flow_module(PARKING)
+    url = pg.url()
+    w, c = _engine(url), _engine(url)
+    try:
+        assert w.recover() == []  # nothing yet; from now on W adopts what others park
+        _until("W does not listen", lambda: _listening(pg, url) == 1)
+        started = time.monotonic()
+        c.start(m.Nap().run, 1.0, flow_id="nap")
+        _until(
+            "the flow did not park",
+            lambda: query(url, "SELECT owner FROM flows WHERE flow_id='nap'") == [(None,)],
+        )
+        c.close()
+        assert w.handle("nap").result(timeout=10) == "awake"
+        (woke,) = m.RAN
+        assert 0.9 <= woke - started < 3.0, woke - started
+    finally:
+        w.close()
+        c.close()
+
+
+def test_the_listener_comes_back_after_a_server_restart(pg: Any, flow_module: Any) -> None:
+    """The listener's connection dies with the server and is made again (with backoff); a signal
+    sent afterwards wakes the flow parked before the restart by NOTIFY, not by a poll (30 s)."""
+    m = flow_module(PARKING)
+    url = pg.url()
+    a, b = _engine(url, 30.0, "full"), _engine(url, 30.0, "full")  # what they wrote survives the restart
+    try:
+        h = a.start(m.Approval().run, "ann", flow_id="rs")
+        _until("the flow did not park", lambda: _parked(url, "rs"))
+        _until("A does not listen", lambda: _listening(pg, url) == 1)
+        pg.restart()
+        _until("A's listener did not come back", lambda: _listening(pg, url) == 1, timeout=30)
+        a.flows(), b.flows()  # each pool drops its connections the restart broke (a read is retried)
+        sent = time.monotonic()
+        b.signal("rs", "answer", True)
         assert h.result(timeout=10) == ["ann", True]
         assert time.monotonic() - sent < 2.0
     finally:
-        stop.set()
-        t.join(10)
         a.close()
         b.close()
-        transparent_de._api._default = None
+
+
+def test_the_channel_is_the_schemas_and_fits_an_identifier() -> None:
+    assert channel("billing") == "transparent_de:billing"
+    long_a, long_b = "a" * 60 + "x", "a" * 60 + "y"
+    assert len(channel(long_a).encode()) <= 63 and channel(long_a) != channel(long_b)
+    assert len(channel("é" * 31).encode()) <= 63
 
 
 # --------------------------------------------------------------------------- the command line

@@ -15,6 +15,12 @@ timer of a flow that has parked and not yet let go of its reservation) is kept a
 when the busy run is over: dropped, it would leave the flow parked in the journal with
 nobody here to wake it. A later :meth:`schedule` of the same flow replaces it (the latest
 schedule wins, as for timers).
+
+**Hints.** Where the journal can tell that a parked flow may have become runnable
+(PostgreSQL's LISTEN/NOTIFY: a signal was stored, a flow was parked by another engine; see
+:meth:`~._store.base.Store.listen`), one listener per engine turns each hint into the same
+entry points, :meth:`signalled` and :meth:`schedule`. Hints only make wake-ups prompt:
+polling every ``poll_interval`` stays on, so a lost hint costs latency, never a flow.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults
 from ._runner import RetryLater
-from ._store.base import TERMINAL, LeaseLost
+from ._store.base import TERMINAL, Closable, LeaseLost, WakeHint
 from ._unwind import Park
+from ._waits import parent_id
 from ._writes import Flusher
 from .errors import FlowBusyError, JournalIOError, LeaseLostError, TransparentDEError
 
@@ -71,7 +78,11 @@ class Scheduler:
             str, float
         ] = {}  # flow -> when (mono) a schedule or a run's end here last told of it
         self._io_tries: dict[str, int] = {}  # flow -> runs in a row stopped by journal I/O errors
+        #: recover() ran here: a flow another engine parks is ours to wake too (as the next
+        #: recover() would find it); before that, hints only concern flows this engine parked.
+        self.recovering = False
         self.flusher = Flusher()  # writes a step's carried result when flow code runs long after it
+        self.hints = _Hints(self)
 
     def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -219,8 +230,10 @@ class Scheduler:
         Stamps are kept ten minutes, far longer than a scan takes from its read to its last
         schedule, so that they stay bounded in a worker that sees millions of flows.
         """
+        self._ensure_threads()  # a recovering engine listens for hints from the start
         now = _clock.mono()
         with self._lock:
+            self.recovering = True
             if len(self._stamps) > 1000:
                 self._stamps = {f: t for f, t in self._stamps.items() if t > now - 600}
         return now
@@ -268,6 +281,7 @@ class Scheduler:
 
     def _schedule_loop(self) -> None:
         engine = self.engine
+        self.hints.open()
         while True:
             with self._lock:
                 if self._closed:
@@ -318,6 +332,7 @@ class Scheduler:
             self._closed = True
             self._wakeup.notify_all()
         self._stop.set()
+        self.hints.close()
         self.flusher.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -327,6 +342,69 @@ class Scheduler:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
         self._scheduler = self._heartbeat = None
+
+
+class _Hints:
+    """The journal's wake-up hints for one scheduler: its listener, and what each hint means here."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._listener: Closable | None = None  # None: not open, or the journal sends no hints
+
+    def open(self) -> None:
+        """Ask the journal for hints (it listens in a thread of its own); from the scheduler thread."""
+        sched = self.scheduler
+        try:
+            listener = sched.engine.store.listen(self.take)
+        except Exception as exc:
+            log.warning(
+                "transparent_de: no wake-up hints from %s (polling only): %s", sched.engine.store.path, exc
+            )
+            return
+        with sched._lock:
+            closed = sched._closed
+            if not closed:
+                self._listener = listener
+        if closed and listener is not None:
+            listener.close()
+
+    def close(self) -> None:
+        with self.scheduler._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def take(self, hint: WakeHint | None) -> None:
+        """A hint from the listener's thread (None: it (re)connected, and may have missed some)."""
+        sched, engine = self.scheduler, self.scheduler.engine
+        try:
+            if hint is None:
+                with sched._lock:
+                    sched._wakeup.notify_all()  # poll the parked flows now
+            elif hint.kind == "signal":
+                with engine._signal_cv:
+                    engine._signal_cv.notify_all()  # foreground waits of this engine look now
+                sched.signalled(hint.flow_id)
+            elif hint.kind == "parked" and self._adopts(hint):
+                after = None
+                if hint.wake_at and hint.left_ms is not None:  # never longer than the parker measured
+                    after = max(0, min(hint.wake_at - _clock.now_ms(), hint.left_ms)) / 1000
+                sched.schedule(hint.flow_id, hint.wake_at or 0, hint.waiting_for, after)
+        except TransparentDEError:
+            pass  # closed meanwhile
+        except Exception:
+            log.debug("transparent_de: wake-up hint %r not taken", hint, exc_info=True)
+
+    def _adopts(self, hint: WakeHint) -> bool:
+        """Is a flow another engine parked ours to wake? Only where recover() would schedule it."""
+        sched, engine = self.scheduler, self.scheduler.engine
+        return (
+            sched.recovering
+            and hint.origin != engine.owner  # our own parks are in the heap already
+            and parent_id(hint.flow_id) is None  # a child is resumed by its parent
+            and hint.flow_id not in engine.refused
+            and not sched.running(hint.flow_id)
+        )
 
 
 def _run_job(scheduler: Scheduler, fid: str, fn: Callable[[], Any], handle: FlowHandle, retries: int) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 STATUSES = ("PENDING", "WAITING_FOR_SIGNAL", "COMPLETE", "FAILED", "CANCELLED")
 TERMINAL = ("COMPLETE", "FAILED", "CANCELLED")
@@ -196,6 +196,30 @@ class Health:
     signed: int  # flows whose instance blob says it is signed
     unsigned: int
     file_mode: int | None  # POSIX mode of the journal file, for file backends
+
+
+@dataclass(frozen=True, slots=True)
+class WakeHint:
+    """The journal's word that a parked flow may have become runnable (see :meth:`Store.listen`).
+
+    ``kind`` is ``"signal"`` (a signal was stored for the flow) or ``"parked"`` (the flow was
+    parked and released: ``wake_at`` and ``waiting_for`` as its ``flows`` row has them,
+    ``left_ms`` the time left as the parking engine measured it, ``origin`` that engine's
+    owner id). A hint is never proof: the receiver acts on it as on what polling would find.
+    """
+
+    kind: str
+    flow_id: str
+    wake_at: int | None = None
+    left_ms: int | None = None
+    waiting_for: str | None = None
+    origin: str | None = None
+
+
+class Closable(Protocol):
+    """What :meth:`Store.listen` returns: closing it stops the hints (and joins their thread)."""
+
+    def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- writes as data
@@ -481,3 +505,12 @@ class Store(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Backend facts for ``doctor`` (versions, settings)."""
         return {}
+
+    def listen(self, on_hint: Callable[[WakeHint | None], None]) -> Closable | None:
+        """Call ``on_hint`` from a thread of the store's own whenever another process (or this
+        one) stores a signal or parks a flow, until the returned handle is closed; ``on_hint(None)``
+        after a reconnection, when hints may have been missed. None: this backend sends no
+        hints, and the engine finds signals and parked flows by polling alone (SQLite: a file
+        has no way to tell another process). Hints only make wake-ups prompt; the engine polls
+        anyway, so a backend may drop some."""
+        return None

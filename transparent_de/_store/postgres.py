@@ -3,7 +3,9 @@
 Every statement is a named query from ``postgres_queries.sql``, the same statements as the
 SQLite store's with the same meanings; the database side (URL, pool, schema, fenced
 transactions) is :class:`~.postgres_db.PostgresDB`. Many processes on many hosts may share one
-journal: a flow's writes are fenced by its token, claims are compare-and-set on it.
+journal: a flow's writes are fenced by its token, claims are compare-and-set on it. Storing a
+signal and parking a flow also NOTIFY the journal's channel in their transaction, so that
+other engines wake the flow at once (:mod:`.postgres_wake`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from .._serialization import is_signed
+from . import postgres_wake
 from .base import (
     Backoff,
     Captured,
@@ -35,6 +38,7 @@ from .base import (
     StepFailed,
     Store,
     Waiting,
+    WakeHint,
 )
 from .postgres_db import PostgresDB, Statement, parse_url
 from .postgres_sql import APPLICATION_ID, SCHEMA_VERSION, Q
@@ -52,6 +56,7 @@ class PostgresStore(NamedReads, Store):
         self.db = PostgresDB(url, durability, busy_timeout, readonly=readonly)
         self.path = self.db.path
         self.readonly = readonly
+        self.channel = postgres_wake.channel(self.db.location.schema)  # wake-up hints (NOTIFY)
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         return self.db.read(sql, params)
@@ -92,6 +97,9 @@ class PostgresStore(NamedReads, Store):
         statements: list[Statement] = []
         for op in ops:
             statements += _STATEMENTS[type(op)](fid, op)
+            if type(op) is Parked:  # delivered on COMMIT: other engines may wake it from now on
+                payload = postgres_wake.parked_payload(fid, op, fence.owner)
+                statements.append((Q["notify"], (self.channel, payload)))
         self.db.write(statements, fence, label)
 
     def sync(self) -> None:
@@ -119,9 +127,20 @@ class PostgresStore(NamedReads, Store):
             raise TypeError(f"journal {self.path} was opened read-only")
         seq = int(self.db.read(Q["next_seq"])[0][0])  # allocated first: the payload is signed for it
         self.db.write(
-            [(Q["insert_signal"], (seq, flow_id, step_name, seal(seq), sent))], label="signal.send.mid_txn"
+            [
+                (Q["insert_signal"], (seq, flow_id, step_name, seal(seq), sent)),
+                (Q["notify"], (self.channel, postgres_wake.signal_payload(flow_id))),  # on COMMIT
+            ],
+            label="signal.send.mid_txn",
         )
         return seq
+
+    def listen(self, on_hint: Callable[[WakeHint | None], None]) -> postgres_wake.Listener | None:
+        """One LISTEN connection of this engine's own (see :mod:`.postgres_wake`)."""
+        if self.readonly or self.db.empty or not postgres_wake.SUPPORTED:
+            return None
+        loc = self.db.location
+        return postgres_wake.Listener(loc.conninfo, self.channel, on_hint, self.path, self.db.busy_timeout)
 
     def signalled(self, flow_ids: Sequence[str]) -> list[str]:
         ids = list(flow_ids)

@@ -189,6 +189,11 @@ SELECT nextval(pg_get_serial_sequence('signals', 'seq'))
 -- name: insert_signal
 INSERT INTO signals (seq, flow_id, step_name, payload, sent) VALUES (%s, %s, %s, %s, %s)
 
+-- name: notify
+-- A wake-up hint on the journal's channel (postgres_wake.py), in the transaction of a stored
+-- signal or a park: the server delivers it on COMMIT, and never for a rolled-back transaction.
+SELECT pg_notify(%s, %s)
+
 -- name: next_signal
 SELECT seq, payload FROM signals WHERE flow_id = %s AND step_name = %s AND consumed_step IS NULL
 ORDER BY seq LIMIT 1
