@@ -38,7 +38,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults, _lineage, _trampoline
-from ._entries import bound_entry, canonical_call, check_flow_id, declaring_class, spec_of
+from ._entries import bound_entry, canonical_call, declaring_class, spec_of
 from ._run import _INTERRUPTIONS, Run, check_call, warn_if_mutated
 from ._serialization import fingerprint, is_flat
 from ._store.base import Captured, Complete, Intent, LeaseLost, Op, Retry, StepRow
@@ -391,27 +391,14 @@ async def run_entry_async(
     woken: int = 0,
 ) -> Any:
     """The async twin of :meth:`Runner.run_entry`: claim, drive on the running loop, finish."""
-    from ._runner import Claimed
-
-    engine = runner.engine
-    spec = spec_of(obj)
-    fid = check_flow_id(flow_id) if flow_id is not None else runner.fresh_id(obj, name)
-    claimed = runner.claim(obj, name, tuple(args), dict(kwargs), fid, fn)
-    if not isinstance(claimed, Claimed):
-        assert claimed is not None
-        ok, value = claimed
-        if ok:
-            return value
-        assert isinstance(value, BaseException)
-        raise value
-    run = AsyncRun(engine, fid, obj, spec, claimed.fence, claimed.rows, background, woken, claimed.failures)
-    run.entry = name
-    engine.scheduler.ensure_heartbeat()
+    run, value = runner.open_run(AsyncRun, obj, name, args, kwargs, flow_id, background, fn, woken)
+    if run is None:
+        return value
     try:
         return await _drive(runner, run, fn, obj, args, kwargs)
     finally:
         run.end()
-        engine.unreserve(fid)
+        runner.engine.unreserve(run.flow_id)
 
 
 async def _drive(

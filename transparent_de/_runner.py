@@ -29,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _clock, _faults, _waits
 from . import _preview as preview
@@ -82,6 +82,9 @@ log = logging.getLogger("transparent_de")
 _REBUILD_WARNED: set[type] = set()
 
 _CO_COROUTINE = inspect.CO_COROUTINE
+
+#: The kind of run :meth:`Runner.open_run` makes: a sync ``Run`` or the async one.
+R = TypeVar("R", bound=Run)
 
 #: Claims retried when another claimer changed the flow between our read and our write.
 _CLAIM_ROUNDS = 50
@@ -271,25 +274,44 @@ class Runner:
             from ._async_run import run_blocking
 
             return run_blocking(self, obj, name, args, kwargs, flow_id, background, fn, woken)
+        run, value = self.open_run(Run, obj, name, args, kwargs, flow_id, background, fn, woken)
+        if run is None:
+            return value
+        try:
+            return self._drive(run, fn, obj, args, kwargs)
+        finally:
+            run.end()
+            self.engine.unreserve(run.flow_id)
+
+    def open_run(
+        self,
+        run_cls: type[R],
+        obj: Any,
+        name: str,
+        args: Any,
+        kwargs: Any,
+        flow_id: str | None,
+        background: bool,
+        fn: Callable[..., Any],
+        woken: int,
+    ) -> tuple[R | None, Any]:
+        """Claim the flow and make its run (sync or async): ``(run, None)``; or, when the journal
+        already holds the flow's outcome, ``(None, result)`` (a journaled failure is raised).
+        The caller drives the run, then ends it and unreserves the flow."""
         engine = self.engine
-        spec = spec_of(obj)
         fid = check_flow_id(flow_id) if flow_id is not None else self.fresh_id(obj, name)
         claimed = self.claim(obj, name, tuple(args), dict(kwargs), fid, fn)
         if not isinstance(claimed, Claimed):
             assert claimed is not None
             ok, value = claimed
             if ok:
-                return value
+                return None, value
             assert isinstance(value, BaseException)
             raise value
-        run = Run(engine, fid, obj, spec, claimed.fence, claimed.rows, background, woken, claimed.failures)
+        run = run_cls(engine, fid, obj, spec_of(obj), claimed.fence, claimed.rows, background, woken, claimed.failures)
         run.entry = name
         engine.scheduler.ensure_heartbeat()
-        try:
-            return self._drive(run, fn, obj, args, kwargs)
-        finally:
-            run.end()
-            engine.unreserve(fid)
+        return run, None
 
     def _drive(self, run: Run, fn: Callable[..., Any], obj: Any, args: Any, kwargs: Any) -> Any:
         """Execute (or replay) the entry and journal how the run ended (see the module docstring)."""

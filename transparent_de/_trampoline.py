@@ -186,29 +186,11 @@ def _make(key: str) -> Callable[..., Any]:
 
         return step_trampoline
 
-    if kind == "m":  # 3.11+: a method-form site, called right after this load
-
-        def method_binder(obj: Any) -> Any:
-            run = current_run.get()
-            if run is None:
-                if ACTIVE:
-                    _not_in_flow(obj, name)
-                return getattr(obj, name)
-            if not _is_step(run, obj, name):
-                fn = getattr(obj, name)
-                what = captured_name(fn) if not run.in_step and name in ND_ATTRS else None
-                return fn if what is None else _CapturedCall(run, what, fn)
-            call_step = run.call_step
-
-            def journaled(*args: Any, **kwargs: Any) -> Any:
-                __tracebackhide__ = True
-                return call_step(obj, name, site, args, kwargs)
-
-            return journaled
-
-        return method_binder
-
-    if kind == "bs":
+    if kind in ("m", "bs"):
+        # "m": a method-form site (3.11+), called right after this load: inside a flow the
+        # binder returns a closure that journals that call. "bs": a value (f = self.step),
+        # which may be kept, compared or called later: a BoundStep.
+        method = kind == "m"
 
         def step_binder(obj: Any) -> Any:
             run = current_run.get()
@@ -220,7 +202,15 @@ def _make(key: str) -> Callable[..., Any]:
                 fn = getattr(obj, name)
                 what = captured_name(fn) if not run.in_step and name in ND_ATTRS else None
                 return fn if what is None else _CapturedCall(run, what, fn)
-            return BoundStep(run, obj, name, site)
+            if not method:
+                return BoundStep(run, obj, name, site)
+            call_step = run.call_step
+
+            def journaled(*args: Any, **kwargs: Any) -> Any:
+                __tracebackhide__ = True
+                return call_step(obj, name, site, args, kwargs)
+
+            return journaled
 
         return step_binder
 
