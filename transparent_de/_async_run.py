@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import inspect
 import logging
 import threading
@@ -38,7 +37,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _faults, _lineage, _trampoline
-from ._entries import bound_entry, canonical_call, declaring_class, spec_of
+from ._entries import bound_entry, canonical_call, declaring_class, entry_wrapper, spec_of
 from ._run import _INTERRUPTIONS, Run, check_call, warn_if_mutated
 from ._serialization import fingerprint, is_flat
 from ._store.base import Captured, Complete, Intent, LeaseLost, Op, Retry, StepRow
@@ -482,23 +481,11 @@ def async_entry(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     ``await Flow().run(x)`` starts a flow, and the same entry called on the running flow takes
     its slot at the call, like any step."""
 
-    @functools.wraps(original)
-    def entry(self: Any, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        run = current_run.get()
-        if run is not None:
-            if run.in_step:
-                return original(self, *args, **kwargs)
-            if run.flow is self:  # another entry of the running flow: a step; its own (super()): inline
-                if name in run.steps and name != run.entry:
-                    return run.call_step(self, name, "", args, kwargs, original)
-                return original(self, *args, **kwargs)
-            return run.child_flow(self, name, args, kwargs, original)
+    def start(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         from . import _api
 
         return run_entry_async(_api.default_engine().runner, self, name, args, kwargs, None, False, original)
 
-    entry.__tde_entry__ = original  # type: ignore[attr-defined]
-    entry.__tde_name__ = name  # type: ignore[attr-defined]
+    entry = entry_wrapper(name, original, start)
     mark = getattr(inspect, "markcoroutinefunction", None)  # 3.12+: iscoroutinefunction(Flow.run) holds
     return mark(entry) if mark is not None else entry

@@ -8,6 +8,7 @@ flow starts, and the identity back into the exact function when it resumes.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import unicodedata
@@ -207,3 +208,31 @@ def _find_declaring(cls: type, name: str) -> str:
             owner = getattr(vars(klass)[name], "__tde_owner__", None)  # a step guard: where its function is
             return owner or f"{klass.__module__}.{klass.__qualname__}"
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def entry_wrapper(
+    name: str, original: Callable[..., Any], start: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
+) -> Callable[..., Any]:
+    """What an entry method becomes: inside a running flow, a step of it (another entry of
+    the same flow), the flow's own entry called inline (``super().run()``), or a child flow;
+    outside any flow, ``start(self, args, kwargs)`` starts a durable flow (run to its
+    result for a sync entry, an awaitable for an async one)."""
+    from ._trampoline import current_run
+
+    @functools.wraps(original)
+    def entry(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        run = current_run.get()
+        if run is not None:
+            if run.in_step:
+                return original(self, *args, **kwargs)
+            if run.flow is self:  # another entry of the running flow: a step; its own (super()): inline
+                if name in run.steps and name != run.entry:
+                    return run.call_step(self, name, "", args, kwargs, original)
+                return original(self, *args, **kwargs)
+            return run.child_flow(self, name, args, kwargs, original)
+        return start(self, args, kwargs)
+
+    entry.__tde_entry__ = original  # type: ignore[attr-defined]
+    entry.__tde_name__ = name  # type: ignore[attr-defined]
+    return entry

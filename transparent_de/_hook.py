@@ -32,8 +32,9 @@ from typing import Any
 
 from . import _guard
 from . import _versions as V
+from ._entries import entry_wrapper
 from ._marking import FlowSpec, flow_spec, scan_source
-from ._trampoline import RUNTIME, current_run
+from ._trampoline import RUNTIME
 from .errors import TransparentDEError
 
 #: Bump whenever the rewriter's output changes: it is part of the cache file name.
@@ -337,26 +338,12 @@ def _wrap_entry(cls: type, name: str) -> None:
         type.__setattr__(cls, name, async_entry(name, original))
         return
 
-    @functools.wraps(original)
-    def entry(self: Any, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        run = current_run.get()
-        if run is not None:
-            if run.in_step:
-                return original(self, *args, **kwargs)
-            if run.flow is self:  # another entry of the running flow: a step; its own (super()): inline
-                if name in run.steps and name != run.entry:
-                    return run.call_step(self, name, "", args, kwargs, original)
-                return original(self, *args, **kwargs)
-            return run.child_flow(self, name, args, kwargs, original)
+    def start(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         from . import _api
 
-        return _api.default_engine().runner.run_entry(
-            self, name, args, kwargs, None, background=False, fn=original
-        )
+        return _api.default_engine().runner.run_entry(self, name, args, kwargs, None, background=False, fn=original)
 
-    entry.__tde_entry__ = original  # type: ignore[attr-defined]
-    entry.__tde_name__ = name  # type: ignore[attr-defined]
+    entry = entry_wrapper(name, original, start)
     type.__setattr__(cls, name, entry)
 
 
