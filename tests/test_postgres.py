@@ -25,11 +25,23 @@ import pytest
 from helpers import query
 
 from transparent_de import Engine
-from transparent_de._store.postgres_db import parse_url
-from transparent_de._store.postgres_wake import channel
 from transparent_de.errors import ForeignDatabaseError, SchemaTooNewError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX only (signals)")
+
+
+# Imported when used, not here: without psycopg (the README's test venv) this module must still
+# be collected, so that its tests are skipped with the reason rather than fail to import.
+def parse_url(url: str) -> Any:
+    from transparent_de._store.postgres_db import parse_url
+
+    return parse_url(url)
+
+
+def channel(schema: str) -> str:
+    from transparent_de._store.postgres_wake import channel
+
+    return channel(schema)
 
 
 @pytest.fixture
@@ -549,6 +561,7 @@ def test_the_listener_comes_back_after_a_server_restart(pg: Any, flow_module: An
 
 
 def test_the_channel_is_the_schemas_and_fits_an_identifier() -> None:
+    pytest.importorskip("psycopg", reason="the PostgreSQL store needs psycopg (pip install -e '.[test,postgres]')")
     assert channel("billing") == "transparent_de:billing"
     long_a, long_b = "a" * 60 + "x", "a" * 60 + "y"
     assert len(channel(long_a).encode()) <= 63 and channel(long_a) != channel(long_b)
@@ -587,3 +600,20 @@ def test_the_cli_runs_lists_shows_and_checks_a_postgres_journal(pg: Any, tde: An
         assert eng.flows() == []
     finally:
         eng.close()
+
+
+def test_the_suite_is_collected_without_psycopg(tmp_path: Path) -> None:
+    """The README's test command runs in a venv without the `postgres` extra: every test module
+    must still import there (PostgreSQL tests then skip with the reason), so no test module may
+    import psycopg, or a module that does, at its top."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("psycopg", "psycopg_pool"):
+        (blocked / f"{name}.py").write_text(f"raise ImportError('{name} is blocked for this test')\n")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        env=env, capture_output=True, text=True, timeout=120, cwd=root,
+    )
+    assert p.returncode == 0 and " error" not in p.stdout.splitlines()[-1], p.stdout[-3000:] + p.stderr[-2000:]
