@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -230,7 +229,6 @@ def w_interception(cfg: dict[str, Any], out: dict[str, Any]) -> None:
 
         def __init__(self, obj: Any) -> None:
             self.flow, self.in_step, self.steps = obj, False, frozenset({"step"})
-            self.thread, self.active = threading.get_ident(), True
 
         def call_step(
             self, obj: Any, name: str, site: str, args: Any, kwargs: Any, fn: Any = None, owner: Any = None

@@ -195,7 +195,7 @@ def _exact_guard(
     positional: list[str] = []
     keywords: list[str] = []
     star = ""
-    for p in params:
+    for i, p in enumerate(params):
         if p.kind is _P.VAR_POSITIONAL:
             decl.append("*" + p.name)
             star = p.name
@@ -209,9 +209,7 @@ def _exact_guard(
         else:
             decl.append(p.name)
             positional.append(p.name)
-        if p.kind is _P.POSITIONAL_ONLY and (
-            p is params[-1] or params[params.index(p) + 1].kind is not _P.POSITIONAL_ONLY
-        ):
+        if p.kind is _P.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind is not _P.POSITIONAL_ONLY):
             decl.append("/")
     var_kw = next((p.name for p in params if p.kind is _P.VAR_KEYWORD), None)
     me, rest = positional[0], positional[1:]

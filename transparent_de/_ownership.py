@@ -59,5 +59,5 @@ def _exited(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return False
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]  # after "pid (comm) "; comm may hold ")"
-    return state in (b"Z", b"X")
+    end = stat.rfind(b")")  # "pid (comm) state ...": comm may itself hold ")"
+    return stat[end + 2 : end + 3] in (b"Z", b"X")

@@ -290,10 +290,10 @@ def method_template(instr_cls: Any, key: str, loc: Any) -> list[Any]:
 
     3.11+: ``[obj] -> [NULL, binder(obj)]`` (``"before"``) or ``[binder(obj), NULL]``
     (``"after"``): the binder returns the bound method itself when no flow is running (so
-    the call passes its arguments straight through, with no ``*args`` packing) or a
-    journaling :class:`~transparent_de._trampoline.BoundStep` inside one. Resolving the
-    attribute at the load, before the arguments are evaluated, is also what plain Python
-    does. ``key`` names the binder (``bs:...``).
+    the call passes its arguments straight through, with no ``*args`` packing) or, inside
+    one, a closure that journals the call. Resolving the attribute at the load, before the
+    arguments are evaluated, is also what plain Python does. ``key`` names the binder
+    (``m:...``).
 
     3.10 has no ``PUSH_NULL``: ``[obj] -> [trampoline, obj]``, read by ``CALL_METHOD`` as
     "function plus self", so the call becomes ``trampoline(obj, *args, **kwargs)``
