@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from transparent_de._decisions import Decisions
 from transparent_de._lineage import (
-    Decisions,
     Lineage,
     LineageError,
     Slot,

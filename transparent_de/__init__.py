@@ -25,11 +25,12 @@ from ._api import (
     run_async,
     signal,
     start,
+    start_async,
     wait_for,
     worker,
 )
 from ._engine import Engine, WorkerReport
-from ._handle import FlowHandle
+from ._handle import AsyncFlowHandle, FlowHandle
 from ._hook import InstallHandle, install, install_this_package, rewrite_class
 from ._store.base import FlowInfo, StepInfo
 from .errors import (
@@ -49,6 +50,7 @@ __version__ = "0.1.0.dev0"
 _guard.enable()
 
 __all__ = [
+    "AsyncFlowHandle",
     "Engine",
     "FlowBusyError",
     "FlowHandle",
@@ -77,6 +79,7 @@ __all__ = [
     "run_async",
     "signal",
     "start",
+    "start_async",
     "wait_for",
     "worker",
 ]

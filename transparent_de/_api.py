@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._engine import Engine, WorkerReport
-from ._handle import FlowHandle
+from ._handle import AsyncFlowHandle, FlowHandle
 from ._trampoline import BoundStep, current_run
 from .errors import TransparentDEError
 
@@ -69,6 +69,16 @@ def run_async(
     from ._async_run import run_async as run_on_loop
 
     return run_on_loop(default_engine(), entry, *args, flow_id=flow_id, **kwargs)
+
+
+async def start_async(
+    entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any
+) -> AsyncFlowHandle:
+    """``handle = await start_async(Flow().run, ...)``: start an ``async def`` flow in the
+    background on the running loop; ``await handle.result()`` (docs/async.md)."""
+    from ._async_run import start_async as start_on_loop
+
+    return await start_on_loop(default_engine(), entry, *args, flow_id=flow_id, **kwargs)
 
 
 def start(entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any) -> FlowHandle:

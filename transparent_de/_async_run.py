@@ -36,8 +36,10 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _faults, _lineage, _trampoline
-from ._entries import bound_entry, canonical_call, declaring_class, entry_wrapper, spec_of
+from . import _async_waits, _clock, _faults, _lineage, _waits
+from ._decisions import Decisions
+from ._entries import bound_entry, canonical_call, check_flow_id, declaring_class, entry_wrapper, spec_of
+from ._handle import AsyncFlowHandle
 from ._run import _INTERRUPTIONS, Run, check_call, warn_if_mutated
 from ._serialization import fingerprint, is_flat
 from ._store.base import Captured, Complete, Intent, LeaseLost, Op, Retry, StepRow
@@ -56,9 +58,6 @@ log = logging.getLogger("transparent_de")
 _IN_STEP: ContextVar[bool] = ContextVar("transparent_de_in_step", default=False)
 _real_async_sleep = asyncio.sleep
 _STOP = (*_INTERRUPTIONS, asyncio.CancelledError)  # interrupt a step; never its outcome
-# ``asyncio.sleep`` in flow code is a durable timer: captured like ``time.sleep`` (the rewriter
-# already routes every ``.sleep(...)`` call site to the runtime, which decides by identity).
-_trampoline.CAPTURED[asyncio.sleep] = "asyncio.sleep"
 
 
 @contextlib.contextmanager
@@ -109,6 +108,12 @@ class AsyncRun(Run):
         self.idents: dict[int, str] = {}  # step -> slot ident, for the rows this run writes
         self.unawaited: dict[int, tuple[str, Coroutine[Any, Any, Any]]] = {}
         self.carry = self._carry
+        self.races: dict[int, str] = {}  # step -> the asyncio call a race decision stands for
+        self.decisions = Decisions(
+            _async_waits.recorded_races(self),
+            on_record=lambda slot, outcome: _async_waits.record_race(self, slot, outcome),
+            reserve=lambda what: _async_waits.race_slot(self, what),
+        )
 
     # In flow code unless this task is in a step body (see the module docstring). The setter
     # ignores Run's own bookkeeping, which is per run, not per task.
@@ -268,14 +273,14 @@ class AsyncRun(Run):
         _faults.point("step.result.carried")
         return result
 
-    # ------------------------------------------------------------------ captured calls, timers
+    # ------------------------------------------------------------------ captured calls, waits, races
 
     def capture(
         self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Captured calls as in sync flows (numbered by slot); ``asyncio.sleep`` is a timer."""
-        if what == "asyncio.sleep":
-            return self._sleep(*args, **kwargs)
+        """Captured calls as in sync flows (numbered by slot); ``asyncio.*`` see _async_waits."""
+        if what.startswith("asyncio."):
+            return _async_waits.capture(self, what, fn, args, kwargs)
         if what == "time.sleep":
             raise TransparentDEError(
                 f"flow {self.spec.class_name} (id {self.flow_id}): time.sleep() in async flow code would "
@@ -283,56 +288,32 @@ class AsyncRun(Run):
             )
         return super().capture(what, fn, args, kwargs)
 
-    def _sleep(self, delay: float, result: Any = None) -> Coroutine[Any, Any, Any]:
-        """``asyncio.sleep(delay)`` in flow code: a journaled timer, its slot taken at the call.
-
-        A delay of 0 (or less) is the idiom for "let other tasks run": it takes no slot and
-        writes nothing (whether a delay is 0 depends on flow state only, so ids stay stable).
-        """
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-            raise TypeError(f"asyncio.sleep() delay must be a number, not {type(delay).__name__}")
-        if delay <= 0:
-            return _real_async_sleep(0, result)
-        ms = max(1, round(delay * 1000))
-        step = self._next()
-        fp = fingerprint(ms)
-        row = self.rows.get(step)
-        if row is not None:
-            self._check(step, row, "asyncio", "sleep", fp)
-        coro = self._timer(step, ms, fp, row, result)
-        self.unawaited[step] = ("asyncio.sleep", coro)
-        return coro
-
-    async def _timer(self, step: int, ms: int, fp: str, row: StepRow | None, result: Any) -> Any:
-        from ._waits import _time_left
-
-        self.unawaited.pop(step, None)
-        if row is not None and row.status == "COMPLETE":
-            await _real_async_sleep(0)
-            return result
-        if row is not None:
-            deadline = row.timestamp + (row.delay or 0)
-        else:
-            ts = _clock.now_ms()
-            self.commit(
-                "sleep.start.mid_txn", Intent(step, ts, "asyncio", "sleep", "sleep", None, fp, None, ms)
-            )
-            self.sync()
-            _faults.point("sleep.after_deadline_written")
-            deadline = ts + ms
-        await _real_async_sleep(_time_left(self, deadline, ms))
-        _faults.point("sleep.wake.before_commit")
-        self.carry(Complete(step, None, _clock.now_ms()))
-        return result
-
     def sleep(self, seconds: float) -> None:
         raise TransparentDEError(f"flow {self.spec.class_name}: use await asyncio.sleep() in async flows")
 
     def wait_signal(self, obj: Any, name: str, timeout: float | None) -> Any:
-        raise TransparentDEError(
-            f"flow {self.spec.class_name} (id {self.flow_id}): transparent_de.wait_for() is not supported "
-            "in async flows yet (docs/async.md); wait in a sync flow, or signal a step of its own"
-        )
+        """``await transparent_de.wait_for(self.step)``: a coroutine (see _async_waits)."""
+        return _async_waits.wait_signal(self, obj, name, timeout)
+
+    async def deliver_signal(
+        self,
+        step: int,
+        obj: Any,
+        name: str,
+        cls_name: str,
+        row: StepRow,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run a signalled step (async or sync) with the signal's arguments, journaled as a step."""
+
+        def call() -> Any:
+            with step_body():
+                return getattr(obj, name)(*args, **kwargs)
+
+        if is_async(getattr(type(obj), name)):
+            return await self._async_step(step, cls_name, name, "", args, kwargs, None, row, call)
+        return self._execute(step, cls_name, name, "", args, kwargs, None, row, call, kind="signal")
 
     def child_flow(
         self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[..., Any]
@@ -348,7 +329,10 @@ class AsyncRun(Run):
     def leftovers(self) -> None:
         """At the entry's return: warn about steps never awaited, refuse tasks left running."""
         for step, (name, coro) in sorted(self.unawaited.items()):
+            started = inspect.getcoroutinestate(coro) != inspect.CORO_CREATED
             coro.close()  # instead of Python's anonymous "never awaited" warning
+            if started:  # a task cancelled before it ran (a race decided on replay): it was awaited
+                continue
             message = (
                 f"flow {self.spec.class_name} (id {self.flow_id}), step {step} ({name}): called but never "
                 "awaited, so it did not run and was not journaled. Await it (or gather it)"
@@ -425,7 +409,7 @@ async def _drive(
                 raise EngineUnwind(run.poisoned)
             runner._complete(run, result)
             return result
-        except Park as park:  # pragma: no cover - async flows do not park yet
+        except Park as park:  # a long wait of a background flow (_async_waits.parkable)
             runner._park(run, park)
             raise
         except (_faults.InjectedCrash, EngineUnwind, LeaseLost):
@@ -441,6 +425,9 @@ async def _drive(
         raise unwind.error.with_traceback(unwind.__traceback__) from None
     except LeaseLost:
         raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None
+
+
+_waits.DRIVES.add(_drive.__code__)  # flow code's frames end here (see _waits.frames_allow_park)
 
 
 def run_blocking(
@@ -474,6 +461,45 @@ def run_async(
     if not is_async(fn):
         raise TypeError(f"{spec_of(obj).class_name}.{name} is not async def; use transparent_de.run()")
     return run_entry_async(engine.runner, obj, name, args, kwargs, flow_id, False, fn)
+
+
+async def start_async(
+    engine: Engine, entry: Callable[..., Any], *args: Any, flow_id: str | None = None, **kwargs: Any
+) -> AsyncFlowHandle:
+    """``handle = await start_async(Flow().run, ...)``: the flow exists when this returns and runs
+    as a task on the running loop, in the background (long sleeps and waits park it)."""
+    from ._engine import _settle_current_flow
+
+    obj, name, fn = bound_entry(entry)
+    if not is_async(fn):
+        raise TypeError(f"{spec_of(obj).class_name}.{name} is not async def; use transparent_de.start()")
+    _settle_current_flow()
+    runner = engine.runner
+    fid = check_flow_id(flow_id) if flow_id is not None else runner.fresh_id(obj, name)
+    state = runner.claim(obj, name, args, kwargs, fid, fn, create_only=True)  # the rows, now
+    handle = AsyncFlowHandle(engine, fid)
+    if isinstance(state, tuple):  # finished already: its outcome
+        handle._set(*state)
+        return handle
+    handle.task = asyncio.ensure_future(_job(runner, handle, obj, name, args, kwargs, fn))
+    return handle
+
+
+async def _job(
+    runner: Runner, handle: AsyncFlowHandle, obj: Any, name: str, args: Any, kwargs: Any, fn: Any
+) -> None:
+    """Run a started flow on this loop; its outcome goes to the handle (as the scheduler's jobs)."""
+    from ._runner import RetryLater
+    from .errors import FlowBusyError
+
+    try:
+        value = await run_entry_async(runner, obj, name, args, kwargs, handle.id, True, fn)
+    except (Park, RetryLater, FlowBusyError, LeaseLostError, _faults.InjectedCrash):
+        return  # resumed later or elsewhere: the handle reads the outcome from the journal
+    except Exception as exc:
+        handle._set(False, exc)
+        return
+    handle._set(True, value)
 
 
 def async_entry(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,7 +27,7 @@ What is NOT deterministic, and must be recorded instead of recomputed: anything 
 *which of several things happened first*. ``asyncio.wait`` with ``FIRST_COMPLETED`` /
 ``FIRST_EXCEPTION`` / a timeout, ``as_completed``, ``wait_for`` and ``asyncio.timeout`` expiry,
 polling ``task.done()``, and values passed between tasks through a ``Queue`` filled by several
-producers. :class:`Decisions` records and replays the first two kinds by task key; a slot
+producers. :class:`._decisions.Decisions` records and replays the first two kinds by task key; a slot
 whose arguments differ on replay (a queue's order) is the engine's fingerprint check's job.
 
 Global step numbers. The journal orders rows by ``step`` 1, 2, 3...; a :class:`Lineage` maps
@@ -74,7 +74,7 @@ same, only live step numbers differ. Two cross-version traps the engine must han
 ``wait_for(coro)`` wraps the coroutine in a task on 3.10/3.11 but awaits it in place on 3.12+
 (a flow resumed on another minor version would see other keys), and ``asyncio.as_completed``
 (and 3.10 ``wait``) turn bare coroutines into tasks in *set* order: pass tasks, or use
-:meth:`Decisions.as_completed`.
+:meth:`._decisions.Decisions.as_completed`.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ import asyncio
 import contextvars
 import re
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -92,7 +92,6 @@ from .errors import TransparentDEError
 
 __all__ = [
     "ROOT",
-    "Decisions",
     "Lineage",
     "LineageError",
     "Node",
@@ -432,131 +431,3 @@ def _release(loop: asyncio.AbstractEventLoop, factory: _Factory) -> None:
     # wrapped inside it, only delegates once no flow is bound).
     if factory.users == 0 and cast(Any, loop.get_task_factory()) is factory:
         loop.set_task_factory(cast(Any, factory.inner))
-
-
-class Decisions:
-    """Timing-dependent outcomes of an async flow, recorded live and replayed.
-
-    Each decision takes a slot of its own (it is a journaled event at a deterministic place in
-    its task) and its outcome is a tuple of task keys: which tasks ``wait`` returned as done,
-    which task ``as_completed`` gave next. ``recorded`` maps slot idents to outcomes from the
-    journal; ``on_record(slot, outcome)`` is called for each live decision so the engine can
-    journal it. A replayed decision waits for exactly the recorded tasks, whatever finishes
-    first now (tasks reported pending may in fact be done by then).
-    """
-
-    def __init__(
-        self,
-        recorded: Mapping[str, tuple[str, ...]] | None = None,
-        on_record: Callable[[Slot, tuple[str, ...]], None] | None = None,
-    ) -> None:
-        self._recorded = dict(recorded or {})
-        self._on_record = on_record
-        #: Every decision of this run, ``{slot ident: outcome}``.
-        self.made: dict[str, tuple[str, ...]] = {}
-
-    def lookup(self, slot: Slot) -> tuple[str, ...] | None:
-        """The recorded outcome of a decision, or None if it is to be decided live."""
-        outcome = self._recorded.get(slot.ident)
-        if outcome is not None:
-            self.made[slot.ident] = outcome
-        return outcome
-
-    def record(self, slot: Slot, outcome: tuple[str, ...]) -> None:
-        """Note a live outcome (and hand it to ``on_record``)."""
-        self.made[slot.ident] = outcome
-        if self._on_record is not None:
-            self._on_record(slot, outcome)
-
-    def wait(
-        self,
-        aws: Iterable[Awaitable[Any]],
-        *,
-        timeout: float | None = None,
-        return_when: str = asyncio.ALL_COMPLETED,
-    ) -> Coroutine[Any, Any, tuple[set[asyncio.Future[Any]], set[asyncio.Future[Any]]]]:
-        """``asyncio.wait`` whose outcome replays. Coroutines become tasks in the given order.
-
-        The slot is taken (and tasks created) at the call, not at the first await.
-        """
-        slot = self._slot()
-        keyed = self._keyed(aws)
-        return self._wait(slot, keyed, timeout, return_when)
-
-    async def _wait(
-        self, slot: Slot, keyed: dict[str, asyncio.Future[Any]], timeout: float | None, return_when: str
-    ) -> tuple[set[asyncio.Future[Any]], set[asyncio.Future[Any]]]:
-        outcome = self.lookup(slot)
-        if outcome is None:
-            done, _ = await asyncio.wait(keyed.values(), timeout=timeout, return_when=return_when)
-            outcome = tuple(sorted((k for k, t in keyed.items() if t in done), key=key_sort))
-            self.record(slot, outcome)
-        else:
-            self._known(slot, outcome, keyed)
-            if outcome:
-                await asyncio.wait([keyed[k] for k in outcome])
-        done_set = {keyed[k] for k in outcome}
-        return done_set, {t for t in keyed.values() if t not in done_set}
-
-    def as_completed(self, aws: Iterable[Awaitable[Any]]) -> Iterator[Coroutine[Any, Any, Any]]:
-        """``asyncio.as_completed`` whose order replays; tasks are created in the given order.
-
-        Each ``next()`` takes a slot in the consuming task (where the loop runs).
-        """
-        return self._iterate(self._keyed(aws))
-
-    def _iterate(self, keyed: dict[str, asyncio.Future[Any]]) -> Iterator[Coroutine[Any, Any, Any]]:
-        remaining = dict(keyed)
-        for _ in range(len(keyed)):
-            yield self._next(self._slot(), remaining)
-
-    async def _next(self, slot: Slot, remaining: dict[str, asyncio.Future[Any]]) -> Any:
-        outcome = self.lookup(slot)
-        if outcome is None:
-            while True:
-                done, _ = await asyncio.wait(remaining.values(), return_when=asyncio.FIRST_COMPLETED)
-                ready = sorted((k for k, t in remaining.items() if t in done), key=key_sort)
-                if ready:  # simultaneous completions: the lowest key, then recorded
-                    outcome = (ready[0],)
-                    self.record(slot, outcome)
-                    break
-        else:
-            self._known(slot, outcome, remaining)
-            await asyncio.wait([remaining[outcome[0]]])
-        return remaining.pop(outcome[0]).result()
-
-    def _slot(self) -> Slot:
-        slot = reserve()
-        if slot is None:
-            raise LineageError(reason="Decisions are made in async flow code, outside step bodies")
-        return slot
-
-    def _keyed(self, aws: Iterable[Awaitable[Any]]) -> dict[str, asyncio.Future[Any]]:
-        node = _CURRENT.get()
-        if node is None:
-            raise LineageError(reason="Decisions are made in async flow code, outside step bodies")
-        keyed: dict[str, asyncio.Future[Any]] = {}
-        for aw in aws:
-            future = asyncio.ensure_future(aw)
-            key = node.lineage.key_of(future)
-            if key is None:
-                raise LineageError(
-                    flow_id=node.lineage.flow_id,
-                    key=node.key,
-                    reason=f"{future!r} is not a task of this flow, so its completion cannot be replayed",
-                )
-            keyed[key] = future
-        return keyed
-
-    @staticmethod
-    def _known(slot: Slot, outcome: tuple[str, ...], keyed: Mapping[str, object]) -> None:
-        missing = [k for k in outcome if k not in keyed]
-        if missing:
-            raise LineageError(
-                key=slot.key,
-                reason=(
-                    f"at slot {slot.ident} the journal recorded that task(s) {', '.join(missing)} "
-                    f"finished, but this call waits for {', '.join(keyed) or 'nothing'}: the flow's "
-                    "code changed while it was in flight"
-                ),
-            )

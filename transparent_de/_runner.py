@@ -423,7 +423,7 @@ class Runner:
         return final_outcome(self.engine, fid)
 
 
-_waits._DRIVE = Runner._drive.__code__  # flow code's frames end here (see Run._may_park)
+_waits.DRIVES.add(Runner._drive.__code__)  # flow code's frames end here (see _waits._may_park)
 
 
 def verified_identity(engine: Engine, fid: str) -> FlowIdentity:

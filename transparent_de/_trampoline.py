@@ -71,14 +71,21 @@ def _capture_table() -> dict[Any, str]:
 
 CAPTURED: dict[Any, str] = _capture_table()
 
+#: Captured functions of modules only async flows need: :mod:`._async_waits` adds them to
+#: :data:`CAPTURED` when it is imported (before any async flow runs), so that importing
+#: transparent_de does not import asyncio; their names are known here for the rewriter.
+LAZY_CAPTURED: dict[str, tuple[str, ...]] = {"asyncio": ("sleep", "wait", "wait_for", "as_completed")}
+
 #: Attribute names the rewriter pre-selects as capture sites, whatever the receiver (the
-#: runtime then decides by identity: is this really ``time.time``?). Derived from the table,
-#: so the two cannot drift apart; kept here, not in the rewriter, so that importing
+#: runtime then decides by identity: is this really ``time.time``?). Derived from the tables,
+#: so they cannot drift apart; kept here, not in the rewriter, so that importing
 #: transparent_de (and a cache hit) never imports :mod:`bytecode`.
-ND_ATTRS: frozenset[str] = frozenset(v.rpartition(".")[2] for v in CAPTURED.values())
+ND_ATTRS: frozenset[str] = frozenset(v.rpartition(".")[2] for v in CAPTURED.values()) | {
+    n for names in LAZY_CAPTURED.values() for n in names
+}
 
 #: Modules whose module-level ``from M import f`` bindings are captured when ``f`` is in :data:`ND_ATTRS`.
-ND_MODULES: frozenset[str] = frozenset(v.partition(".")[0] for v in CAPTURED.values())
+ND_MODULES: frozenset[str] = frozenset(v.partition(".")[0] for v in CAPTURED.values()) | set(LAZY_CAPTURED)
 
 
 def captured_name(fn: Any) -> str | None:

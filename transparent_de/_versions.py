@@ -402,6 +402,14 @@ def _typed_clauses_reraise(
     n = at.get(target)
     if n is None:
         return None
+    first = instrs[n]
+    # Coroutines and generators, 3.12+: handlers the compiler adds around every ``await`` /
+    # ``yield from`` (CLEANUP_THROW: a StopIteration thrown in becomes the value) and around the
+    # whole body (StopIteration becomes RuntimeError). Any other exception passes through both.
+    if first.opname == "CLEANUP_THROW":
+        return int(first.offset)
+    if first.opname == "CALL_INTRINSIC_1" and "STOPITERATION_ERROR" in first.argrepr:
+        return int(instrs[n + 1].offset) if instrs[n + 1].opname == "RERAISE" else None
     cleanup = [i.opname for i in instrs[n : n + 3]]
     if cleanup == ["COPY", "POP_EXCEPT", "RERAISE"]:  # 3.11+: restores the exception state only
         return int(instrs[n + 2].offset)

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("transparent_de")
 _real_sleep = time.sleep
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_DRIVE: Any = None  # Runner._drive's code: where flow code's frames end (set by _runner)
+#: The engine's frames that drive an entry (Runner._drive, the async _drive): flow code's
+#: frames end there. Set by the modules defining them.
+DRIVES: set[Any] = set()
 
 
 def _may_park(run: Run) -> bool:
@@ -44,19 +46,26 @@ def _may_park(run: Run) -> bool:
     instead, as plain Python would (it keeps a pool thread while it waits)."""
     if run._parkable is not None and run._parkable[0] == run.counter:
         return run._parkable[1]
-    frame = sys._getframe(1)
-    ok = True
-    while frame is not None and frame.f_code is not _DRIVE:
-        if not frame.f_code.co_filename.startswith(_PACKAGE) and V.unwinding_runs_code(frame, Park):
-            ok = False
-            log.info(
-                "flow %s waits in its thread at %s:%d: a handler there would run if it parked",
-                run.flow_id, frame.f_code.co_filename, frame.f_lineno,
-            )  # fmt: skip
-            break
-        frame = frame.f_back  # type: ignore[assignment]
+    ok = frames_allow_park(run, sys._getframe(1))
     run._parkable = (run.counter, ok)
     return ok
+
+
+def frames_allow_park(run: Run, frame: Any) -> bool:
+    """Would unwinding from ``frame`` up to the engine's driver run none of the flow's code?
+
+    In async flows the walk goes up the chain of awaiting coroutines (each awaited
+    coroutine's frame links back to the one awaiting it), to the async driver.
+    """
+    while frame is not None and frame.f_code not in DRIVES:
+        if not frame.f_code.co_filename.startswith(_PACKAGE) and V.unwinding_runs_code(frame, Park):
+            log.info(
+                "flow %s waits in place at %s:%d: a handler there would run if it parked",
+                run.flow_id, frame.f_code.co_filename, frame.f_lineno,
+            )  # fmt: skip
+            return False
+        frame = frame.f_back
+    return True
 
 
 def _time_left(run: Run, deadline: int, length: int) -> float:
@@ -259,7 +268,7 @@ def capture(
         if secs < 0:
             raise ValueError("sleep length must be non-negative")
         return run.sleep(float(secs))
-    if what == "asyncio.sleep":  # in sync flow code: the coroutine, as plain Python (never awaited there)
+    if what.startswith("asyncio."):  # in sync flow code: the coroutine, as plain Python (never awaited there)
         return fn(*args, **kwargs)
     if what == "random.SystemRandom":
         raise TransparentDEError(
