@@ -338,16 +338,20 @@ def test_temporal_1578_completion_order_differs_between_live_and_replay(
     assert live == expected
     journal = rows(db, "t1578")
     lost = [s for s, _, _, label in journal if label in ("a1", "a3", "b0", "b2", "b3")]
-    reopen(db, "t1578", lost)
-    out = fresh(agent, tmp_path, db, "run", "interleaved", "t1578", json.dumps([4]), order="5")
-    assert out["result"] == expected
-    assert sorted(out["effects"]) == ["a1", "a3", "b0", "b2", "b3"]
-    rerun_order = out["effects"]
-    assert rerun_order != [x for x in live_fx if x in rerun_order], "the re-run kept the live order"
-    after = rows(db, "t1578")
-    assert after == journal  # every call kept its step number and slot
-    statuses = query(db, "SELECT DISTINCT status FROM execution_log WHERE flow_id='t1578'")
-    assert statuses == [("COMPLETE",)]
+    orders = []
+    for seed in "567":  # another seed, other delays; the commits' own timing can undo that, so up to 3
+        reopen(db, "t1578", lost)
+        out = fresh(agent, tmp_path, db, "run", "interleaved", "t1578", json.dumps([4]), order=seed)
+        assert out["result"] == expected
+        assert sorted(out["effects"]) == ["a1", "a3", "b0", "b2", "b3"]
+        assert rows(db, "t1578") == journal  # every call kept its step number and slot
+        statuses = query(db, "SELECT DISTINCT status FROM execution_log WHERE flow_id='t1578'")
+        assert statuses == [("COMPLETE",)]
+        orders.append(out["effects"])
+        if out["effects"] != [x for x in live_fx if x in out["effects"]]:
+            break
+    else:
+        pytest.fail(f"three re-runs kept the live order {orders}: the test shows nothing")
 
 
 def test_sigkill_mid_flow_then_recover_in_a_fresh_process(agent: Any, engine: Any, tmp_path: Path) -> None:

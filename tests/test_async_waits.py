@@ -362,3 +362,47 @@ def test_names_imported_from_asyncio_are_journaled_too(flow_module: Any, engine:
     assert [(c.rpartition(".")[2], n) for c, n in kinds] == [
         ("asyncio", "sleep"), ("Imported", "work"), ("Imported", "work"), ("asyncio", "wait"),
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- writes off the loop
+
+
+class _Threads:
+    """A fault plan that fires nothing and notes the thread each journal commit runs in."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def hit(self, label: str) -> None:
+        if label.endswith(".mid_txn"):
+            self.seen.append((label, threading.current_thread().name))
+
+
+@pytest.mark.parametrize("durability", ["full", "process"])
+def test_async_commits_leave_the_loop_where_they_wait_on_io(
+    waits: Any, database: str, durability: str
+) -> None:
+    """Under durability="full" (an fsync per commit) or on a server (a round trip per commit) a
+    step's intent and the flow's end are committed in the engine's writer thread, so the loop
+    runs other flows meanwhile; a SQLite "process" commit runs on the loop (cheaper than a hop)."""
+    import asyncio
+
+    from transparent_de import _api, _faults
+
+    eng = transparent_de.configure(database=database, durability=durability, poll_interval=0.02)
+    plan = _Threads()
+    old = _faults.install(plan)  # type: ignore[arg-type]
+    try:
+
+        async def main() -> Any:
+            return await asyncio.gather(*(waits.Waits().race() for _ in range(3)))
+
+        assert asyncio.run(main()) == [(["a"], ["b"])] * 3
+    finally:
+        _faults.install(old)
+        eng.close()
+        _api._default = None
+    off_loop = durability == "full" or database.startswith("postgresql://")
+    intents = [name for label, name in plan.seen if label in ("step.intent.mid_txn", "flow.complete.mid_txn")]
+    assert len(intents) == 3 * 3  # two steps and the end of each flow
+    assert {n.startswith("tde-write") for n in intents} == {off_loop}

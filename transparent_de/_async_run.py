@@ -108,6 +108,7 @@ class AsyncRun(Run):
         self.idents: dict[int, str] = {}  # step -> slot ident, for the rows this run writes
         self.unawaited: dict[int, tuple[str, Coroutine[Any, Any, Any]]] = {}
         self.carry = self._carry
+        self.off_loop = self.writer.full or self.store.remote  # see write()
         self.races: dict[int, str] = {}  # step -> the asyncio call a race decision stands for
         self.decisions = Decisions(
             _async_waits.recorded_races(self),
@@ -159,6 +160,20 @@ class AsyncRun(Run):
 
     def commit(self, label: str, *ops: Op) -> None:
         super().commit(label, *(self._tag(op) for op in ops))
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a journal write ``fn(*args)`` off the event loop where it waits on I/O (an fsync
+        under ``durability="full"``, a server round trip): other flows on the loop run meanwhile.
+        Where a commit costs tens of µs of CPU (a SQLite file, ``"process"``), it runs here:
+        handing it to a thread would cost more than it blocks."""
+        if not self.off_loop:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.engine.async_writer(), fn, *args)
+
+    def _write_intent(self, intent: Op) -> None:
+        self.commit("step.intent.mid_txn", intent)
+        if self.writer.full:
+            self.sync()  # covers the previous step's result too: one fsync per step
 
     def _carry(self, op: Op) -> None:
         self.writer.carry(self._tag(op))
@@ -240,9 +255,7 @@ class AsyncRun(Run):
                 if row is None and tries == 1
                 else Retry(step, ts)
             )
-            self.commit("step.intent.mid_txn", intent)
-            if self.writer.full:
-                self.sync()
+            await self.write(self._write_intent, intent)
             _faults.point("step.intent.after_commit")
             token = _IN_STEP.set(True)
             try:
@@ -407,7 +420,7 @@ async def _drive(
                     coro.close()
             if run.poisoned is not None:
                 raise EngineUnwind(run.poisoned)
-            runner._complete(run, result)
+            await run.write(runner._complete, run, result)
             return result
         except Park as park:  # a long wait of a background flow (_async_waits.parkable)
             runner._park(run, park)

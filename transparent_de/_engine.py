@@ -13,6 +13,7 @@ the journal) when due or signalled. Sleeping flows cost no threads.
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import logging
 import os
@@ -187,6 +188,7 @@ class Engine:
     def _reset(self) -> None:
         """Fresh process-local state: at construction, and in a child after ``fork()``."""
         self._pid = os.getpid()
+        self._async_writer: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
         self._token = uuid.uuid4().hex[:12]
         self._store = None
         self._active: set[str] = set()
@@ -227,9 +229,26 @@ class Engine:
     def owner(self) -> str:
         return f"{HOST}:{os.getpid()}:{self._token}"
 
+    def async_writer(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads async flows commit in, off their event loops (see AsyncRun.write): one for
+        a SQLite file (it has one writer at a time), a few for a server that commits in parallel.
+        Made again in a forked child, where the parent's threads do not exist."""
+        pool = self._async_writer
+        if pool is None or pool[0] != os.getpid():
+            with self._lock:
+                pool = self._async_writer
+                if pool is None or pool[0] != os.getpid():
+                    workers = 4 if self.store.remote else 1
+                    pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(workers, "tde-write"))
+                    self._async_writer = pool
+        return pool[1]
+
     def close(self) -> None:
         """Stop background threads (running flows finish their current step) and close the journal."""
         if self._pid == os.getpid():  # a forked child never touches its parent's threads or connections
+            writer, self._async_writer = self._async_writer, None
+            if writer is not None and writer[0] == os.getpid():
+                writer[1].shutdown(wait=True)
             self.scheduler.close()
             if self._store is not None:
                 self._store.close()

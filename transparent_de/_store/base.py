@@ -391,6 +391,9 @@ class Store(abc.ABC):
     #: Where the journal is, for messages (a file path, or a URL without its password).
     path: str
     readonly: bool
+    #: Does every commit wait for a server's reply? Then async flows commit off their event
+    #: loop in every durability mode, not only under ``durability="full"`` (_async_run).
+    remote: bool = False
 
     @abc.abstractmethod
     def close(self) -> None:

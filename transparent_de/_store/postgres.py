@@ -49,6 +49,7 @@ class PostgresStore(NamedReads, Store):
     """A journal in one schema of a PostgreSQL database (``postgresql://...?schema=name``)."""
 
     Q = Q  # the named statements NamedReads runs
+    remote = True  # a commit is a round trip to the server
 
     def __init__(
         self, url: str, durability: str = "full", busy_timeout: float = 10.0, readonly: bool = False
