@@ -406,3 +406,102 @@ def test_async_commits_leave_the_loop_where_they_wait_on_io(
     intents = [name for label, name in plan.seen if label in ("step.intent.mid_txn", "flow.complete.mid_txn")]
     assert len(intents) == 3 * 3  # two steps and the end of each flow
     assert {n.startswith("tde-write") for n in intents} == {off_loop}
+
+
+# --------------------------------------------------------------------------- child flows
+
+FAMILY = """
+import asyncio
+import os
+import signal
+
+def effect(label):
+    fd = os.open(os.environ["TDE_EFFECTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (label + "\\n").encode())
+    finally:
+        os.close(fd)
+    if os.environ.get("TDE_KILL") == label:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Parent:
+    __flow__ = "run"
+
+    async def run(self, n):
+        first = await self.work("p1")
+        kids = await asyncio.gather(*(Child().run(i) for i in range(n)))  # async child flows
+        tally = Tally().count(kids)  # a sync child flow, called from async flow code
+        return first, kids, tally, await self.work("p2")
+
+    async def work(self, label):
+        effect(label)
+        return label
+
+
+class Child:
+    __flow__ = "run"
+
+    async def run(self, i):
+        a = await self.work(f"c{i}a")
+        await asyncio.sleep(0.01 * (2 - i))
+        return [a, await self.work(f"c{i}b")]
+
+    async def work(self, label):
+        effect(label)
+        return label
+
+
+class Tally:
+    __flow__ = "count"
+
+    def count(self, kids):
+        return self.total(len(kids))
+
+    def total(self, n):
+        effect("tally")
+        return n
+"""
+
+FAMILY_DRIVER = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+import transparent_de
+transparent_de.install(sys.argv[2].partition(".")[0])
+m = importlib.import_module(sys.argv[2])
+eng = transparent_de.configure(database=sys.argv[3], durability="process", poll_interval=0.02)
+print(json.dumps(transparent_de.run(m.Parent().run, 2, flow_id="fam")))
+eng.close()
+"""
+
+
+def test_async_child_flows_run_once_across_a_sigkill(flow_module: Any, engine: Any, tmp_path: Path) -> None:
+    m = flow_module(FAMILY, name="family")
+    (tmp_path / "family_driver.py").write_text(textwrap.dedent(FAMILY_DRIVER))
+    effects = tmp_path / "effects.txt"
+
+    def drive(kill: str | None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("TRANSPARENT_DE_HMAC_KEY", "TDE_KILL")}
+        env["TDE_EFFECTS"] = str(effects)
+        if kill:
+            env["TDE_KILL"] = kill
+        return subprocess.run(
+            [sys.executable, str(tmp_path / "family_driver.py"), str(tmp_path / "src"), m.__name__,
+             engine.database],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    killed = drive("c0b")  # inside the second child flow's second step
+    assert killed.returncode == -9, killed.stderr
+    done = drive(None)
+    assert done.returncode == 0, done.stderr
+    expected = ["p1", [["c0a", "c0b"], ["c1a", "c1b"]], 2, "p2"]
+    assert json.loads(done.stdout) == expected
+    ran = effects.read_text().split()
+    # Only the step the kill interrupted ran twice; the others, in both child flows, once.
+    assert sorted(ran) == sorted(["p1", "c0a", "c1a", "c1b", "c0b", "c0b", "tally", "p2"]), ran
+    ids = {f.flow_id: f.status for f in engine.flows()}
+    assert ids == {"fam": "COMPLETE", "fam.2": "COMPLETE", "fam.3": "COMPLETE", "fam.4": "COMPLETE"}
+    effects.write_text("")
+    assert drive(None).stdout and json.loads(drive(None).stdout) == expected  # memoized
+    assert effects.read_text() == ""

@@ -95,3 +95,34 @@ def test_unrewritten_flow_class_is_refused(engine):
 
     with pytest.raises(FlowNotRewrittenError, match="NotRewritten"):
         transparent_de.run(NotRewritten().run)
+
+
+def test_a_child_flow_given_a_list_is_checked_against_its_own_entry(engine, flow_module, caplog):
+    """Regression: the argument-mutation check of a child flow's step looked the child's entry
+    up on the parent's class (AttributeError when the parent has no such method)."""
+    m = flow_module(
+        """
+        class Parent:
+            __flow__ = "run"
+
+            def run(self, items):
+                return Child().total(items), Child().grow(items)
+
+        class Child:
+            __flow__ = ("total", "grow")
+
+            def total(self, items):
+                return self.add(items)
+
+            def add(self, items):
+                return sum(items)
+
+            def grow(self, items):
+                items.append(99)  # flow-level code changing its argument: the check sees it
+                return len(items)
+        """
+    )
+    with caplog.at_level("WARNING", logger="transparent_de"):
+        assert transparent_de.run(m.Parent().run, [1, 2], flow_id="kids") == (3, 3)
+    warned = [r.getMessage() for r in caplog.records if "changed its arguments" in r.getMessage()]
+    assert len(warned) == 1 and "step grow" in warned[0], warned

@@ -215,8 +215,8 @@ class AsyncRun(Run):
                 return self._decode(row.return_value, step, b"r")
             if row is not None and row.status == "FAILED":
                 raise self._replay_failure(step, row)
-            return self._execute(step, cls_name, name, site, args, kwargs, fp, row, call)
-        coro = self._async_step(step, cls_name, name, site, args, kwargs, fp, row, call)
+            return self._execute(step, cls_name, name, site, args, kwargs, fp, row, call, "step", (obj, target))
+        coro = self._async_step(step, cls_name, name, site, args, kwargs, fp, row, call, (obj, target))
         self.unawaited[step] = (name, coro)
         return coro
 
@@ -231,6 +231,7 @@ class AsyncRun(Run):
         fp: str | None,
         row: StepRow | None,
         call: Callable[[], Any],
+        subject: tuple[Any, Callable[..., Any]] | None = None,
     ) -> Any:
         """Replay or execute an async step: the async twin of :meth:`Run._execute`."""
         __tracebackhide__ = True
@@ -280,7 +281,7 @@ class AsyncRun(Run):
                 "the flow object itself; a replay would return a copy. Return None or a value."
             )
         if fp is not None and not is_flat(args, kwargs):
-            warn_if_mutated(self, name, fp, args, kwargs)
+            warn_if_mutated(self, name, fp, args, kwargs, subject)
         self.carry(Complete(step, self._encode(result, step, name, "the result", b"r"), _clock.now_ms()))
         self.progressed = True
         _faults.point("step.result.carried")
@@ -331,11 +332,25 @@ class AsyncRun(Run):
     def child_flow(
         self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[..., Any]
     ) -> Any:
-        raise TransparentDEError(
-            f"flow {self.spec.class_name} (id {self.flow_id}): calling the entry {type(obj).__qualname__}."
-            f"{name}() of another flow from async flow code is not supported yet (docs/async.md); "
-            "start it with transparent_de.start() inside a step"
-        )
+        """An entry of another flow called from async flow code: a child flow, one step of this
+        one, with the id ``<flow id>.<step>`` (see _waits.child_flow). An async child is awaited
+        here, on this loop; a sync child runs at once, on the loop, as a sync step does."""
+        if not is_async(fn):
+            return _waits.child_flow(self, obj, name, args, kwargs, fn)
+        step = self._next()
+        cls_name = declaring_class(obj, name)
+        fp = fingerprint(canonical_call(fn, obj, args, kwargs))
+        row = self.rows.get(step)
+        if row is not None:
+            check_call(self, step, row, cls_name, name, fp, (args, kwargs))
+        child = _waits.child_id(self.flow_id, step)
+
+        def call() -> Coroutine[Any, Any, Any]:
+            return _child(self.engine.runner, obj, name, args, kwargs, child, fn)
+
+        coro = self._async_step(step, cls_name, name, "", args, kwargs, fp, row, call, (obj, fn))
+        self.unawaited[step] = (name, coro)
+        return coro
 
     # ------------------------------------------------------------------ the end of the flow
 
@@ -373,6 +388,18 @@ class AsyncRun(Run):
 
 
 # --------------------------------------------------------------------------- running async entries
+
+
+async def _child(
+    runner: Runner, obj: Any, name: str, args: Any, kwargs: Any, child: str, fn: Callable[..., Any]
+) -> Any:
+    """A child flow's run, inside its parent's step: flow code again (its own run, its own lineage)."""
+    run_token, step_token = current_run.set(None), _IN_STEP.set(False)
+    try:
+        return await run_entry_async(runner, obj, name, args, kwargs, child, False, fn)
+    finally:
+        current_run.reset(run_token)
+        _IN_STEP.reset(step_token)
 
 
 async def run_entry_async(

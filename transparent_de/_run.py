@@ -263,7 +263,7 @@ class Run:
                 step, cls_name, name, site, args, kwargs, fp, row, lambda: getattr(obj, name)(*args, **kwargs)
             )
         return self._execute(
-            step, cls_name, name, site, args, kwargs, fp, row, lambda: fn(obj, *args, **kwargs)
+            step, cls_name, name, site, args, kwargs, fp, row, lambda: fn(obj, *args, **kwargs), "step", (obj, fn)
         )
 
     def _replay_failure(self, step: int, row: StepRow) -> BaseException:
@@ -289,7 +289,9 @@ class Run:
         row: StepRow | None,
         call: Callable[[], Any],
         kind: str = "step",
+        subject: tuple[Any, Callable[..., Any]] | None = None,
     ) -> Any:
+        """Journal and execute a step; ``subject`` as for :func:`warn_if_mutated`."""
         __tracebackhide__ = True
         params = self._encode((args, kwargs), step, name, "the arguments", b"p")
         spec = self.spec
@@ -331,7 +333,7 @@ class Run:
                     "would run on the copy, unjournaled. Return None or a value, and call the next step on self."
                 )
             if fp is not None and not is_flat(args, kwargs):
-                warn_if_mutated(self, name, fp, args, kwargs)
+                warn_if_mutated(self, name, fp, args, kwargs, subject)
             blob = self._encode(result, step, name, "the result", b"r")
             self.carry(Complete(step, blob, _clock.now_ms()))  # rides with the next write
             self.progressed = True
@@ -427,13 +429,25 @@ def check_call(
         )
 
 
-def warn_if_mutated(run: Run, name: str, fp: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def warn_if_mutated(
+    run: Run,
+    name: str,
+    fp: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    subject: tuple[Any, Callable[..., Any]] | None = None,
+) -> None:
     """Say once per step name when a step changed its arguments: a replay does not run the
-    step, so the change would be missing after a crash (the plain program has it)."""
+    step, so the change would be missing after a crash (the plain program has it).
+
+    ``subject``: the object and function the call's fingerprint was taken with, where that is
+    not the flow's own method ``name`` (a base class's through ``super()``, a child flow's entry).
+    """
     key = (run.spec.class_name, name)
     if key in _MUTATION_WARNED:
         return
-    if fingerprint(canonical_call(getattr(type(run.flow), name), run.flow, args, kwargs)) != fp:
+    obj, fn = subject if subject is not None else (run.flow, getattr(type(run.flow), name))
+    if fingerprint(canonical_call(fn, obj, args, kwargs)) != fp:
         _MUTATION_WARNED.add(key)
         log.warning(
             "flow %s, step %s changed its arguments (e.g. appended to a list it was given): a replay "

@@ -252,7 +252,7 @@ def child_flow(
         finally:
             current_run.reset(token)
 
-    return run._execute(step, cls_name, name, "", args, kwargs, fp, row, call)
+    return run._execute(step, cls_name, name, "", args, kwargs, fp, row, call, "step", (obj, fn))
 
 
 def capture(
