@@ -36,13 +36,13 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from . import _async_waits, _clock, _faults, _lineage, _waits
+from . import _async_waits, _faults, _lineage, _waits
 from ._decisions import Decisions
 from ._entries import bound_entry, canonical_call, check_flow_id, declaring_class, entry_wrapper, spec_of
 from ._handle import AsyncFlowHandle
-from ._run import _INTERRUPTIONS, Run, check_call, warn_if_mutated
-from ._serialization import fingerprint, is_flat
-from ._store.base import Captured, Complete, Intent, LeaseLost, Op, Retry, StepRow
+from ._run import _INTERRUPTIONS, Run, check_call
+from ._serialization import fingerprint
+from ._store.base import Captured, Intent, LeaseLost, Op, StepRow
 from ._trampoline import ACTIVE, current_run
 from ._unwind import EngineUnwind, Park
 from .errors import LeaseLostError, TransparentDEError
@@ -170,10 +170,6 @@ class AsyncRun(Run):
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.engine.async_writer(), fn, *args)
 
-    def _write_intent(self, intent: Op) -> None:
-        self.commit("step.intent.mid_txn", intent)
-        if self.writer.full:
-            self.sync()  # covers the previous step's result too: one fsync per step
 
     def _carry(self, op: Op) -> None:
         self.writer.carry(self._tag(op))
@@ -215,7 +211,8 @@ class AsyncRun(Run):
                 return self._decode(row.return_value, step, b"r")
             if row is not None and row.status == "FAILED":
                 raise self._replay_failure(step, row)
-            return self._execute(step, cls_name, name, site, args, kwargs, fp, row, call, "step", (obj, target))
+            subject = (obj, target)
+            return self._execute(step, cls_name, name, site, args, kwargs, fp, row, call, "step", subject)
         coro = self._async_step(step, cls_name, name, site, args, kwargs, fp, row, call, (obj, target))
         self.unawaited[step] = (name, coro)
         return coro
@@ -246,16 +243,11 @@ class AsyncRun(Run):
         if row is not None and row.status == "FAILED":
             raise self._replay_failure(step, row)
         params = self._encode((args, kwargs), step, name, "the arguments", b"p")
-        spec, tries = self.spec, 0
+        tries = 0
         while True:
             tries += 1
             _faults.point("step.intent.before_write")
-            ts = _clock.now_ms()
-            intent: Op = (
-                Intent(step, ts, cls_name, name, "step", params, fp, site)
-                if row is None and tries == 1
-                else Retry(step, ts)
-            )
+            intent = self._intent(step, row, tries, cls_name, name, "step", params, fp, site)
             await self.write(self._write_intent, intent)
             _faults.point("step.intent.after_commit")
             token = _IN_STEP.set(True)
@@ -265,27 +257,15 @@ class AsyncRun(Run):
             except _STOP:
                 raise
             except BaseException as exc:
-                if tries <= spec.retries and isinstance(exc, spec.retry_on):
-                    _faults.point("step.retry.before_backoff")
-                    await _real_async_sleep(min(spec.backoff * (2 ** (tries - 1)), spec.max_backoff))
-                    continue
-                self._record_failure(step, name, exc)
-                raise
+                delay = self._retry_delay(step, name, exc, tries)
+                if delay is None:
+                    raise
+                await _real_async_sleep(delay)
+                continue
             finally:
                 _IN_STEP.reset(token)
-            break
-        _faults.point("step.result.before_write")
-        if result is self.flow:
-            raise TransparentDEError(
-                f"flow {self.spec.class_name} (id {self.flow_id}), step {step} ({name}): the step returned "
-                "the flow object itself; a replay would return a copy. Return None or a value."
-            )
-        if fp is not None and not is_flat(args, kwargs):
-            warn_if_mutated(self, name, fp, args, kwargs, subject)
-        self.carry(Complete(step, self._encode(result, step, name, "the result", b"r"), _clock.now_ms()))
-        self.progressed = True
-        _faults.point("step.result.carried")
-        return result
+            self._finish(step, name, result, fp, args, kwargs, subject)
+            return result
 
     # ------------------------------------------------------------------ captured calls, waits, races
 
