@@ -32,6 +32,7 @@ import inspect
 import logging
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -144,6 +145,12 @@ class AsyncRun(Run):
         self.idents[slot.step] = slot.ident
         self.counter = max(self.counter, slot.step)
         return slot.step
+
+    def identity(self, step: int) -> int:
+        """Live step numbers depend on timing here; the slot does not: its task key's hash, then
+        its index, so values grow along one task's calls (testing.deterministic_capture)."""
+        key, _, n = self.idents.get(step, f"0:{step}").partition(":")
+        return zlib.crc32(key.encode()) % 100_000 * 100_000 + int(n)
 
     def _poison(self, error: TransparentDEError) -> TransparentDEError:
         if self.poisoned is None:

@@ -160,6 +160,11 @@ class Run:
         self.counter += 1
         return self.counter
 
+    def identity(self, step: int) -> int:
+        """A number for the journaled call at ``step`` that is the same in every run of the flow
+        (for sweeps comparing runs, see testing.deterministic_capture): its position."""
+        return step
+
     def _check(self, *args: Any) -> None:
         check_call(self, *args)
 

@@ -289,7 +289,7 @@ def capture(
                 return None
             return value
     override = _faults.capture_override
-    result = fn(*args, **kwargs) if override is None else override(what, step, fn, args, kwargs)
+    result = fn(*args, **kwargs) if override is None else override(what, run.identity(step), fn, args, kwargs)
     value = list(args[0]) if what == "random.shuffle" else result
     blob = run._encode(value, step, what, "the captured value", b"r")
     run.carry(Captured(step, _clock.now_ms(), module, method, blob, fp))
