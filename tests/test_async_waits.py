@@ -379,18 +379,24 @@ class _Threads:
 
 
 @pytest.mark.parametrize("durability", ["full", "process"])
-def test_async_commits_leave_the_loop_where_they_wait_on_io(
-    waits: Any, database: str, durability: str
-) -> None:
-    """Under durability="full" (an fsync per commit) or on a server (a round trip per commit) a
-    step's intent and the flow's end are committed in the engine's writer thread, so the loop
-    runs other flows meanwhile; a SQLite "process" commit runs on the loop (cheaper than a hop)."""
+def test_async_flows_wait_for_the_journal_off_the_loop(waits: Any, database: str, durability: str) -> None:
+    """On a server (a round trip per commit) a step's intent and the flow's end are committed in
+    the engine's writer threads; on a SQLite file the commit runs on the loop and, under "full",
+    the fsync in the engine's sync thread; under "process" nothing leaves the loop."""
     import asyncio
 
     from transparent_de import _api, _faults
 
     eng = transparent_de.configure(database=database, durability=durability, poll_interval=0.02)
     plan = _Threads()
+    syncs: list[str] = []
+    real_sync = eng.store.sync
+
+    def sync() -> None:
+        syncs.append(threading.current_thread().name)
+        real_sync()
+
+    eng.store.sync = sync  # type: ignore[method-assign]
     old = _faults.install(plan)  # type: ignore[arg-type]
     try:
 
@@ -402,10 +408,13 @@ def test_async_commits_leave_the_loop_where_they_wait_on_io(
         _faults.install(old)
         eng.close()
         _api._default = None
-    off_loop = durability == "full" or database.startswith("postgresql://")
-    intents = [name for label, name in plan.seen if label in ("step.intent.mid_txn", "flow.complete.mid_txn")]
-    assert len(intents) == 3 * 3  # two steps and the end of each flow
-    assert {n.startswith("tde-write") for n in intents} == {off_loop}
+    remote = database.startswith("postgresql://")
+    commits = [name for label, name in plan.seen if label in ("step.intent.mid_txn", "flow.complete.mid_txn")]
+    assert len(commits) == 3 * 3  # two steps and the end of each flow
+    assert {n.startswith("tde-write") for n in commits} == {remote}
+    if not remote:
+        waited = [n for n in syncs if n.startswith("tde-write")]
+        assert len(waited) == (9 if durability == "full" else 0), syncs
 
 
 # --------------------------------------------------------------------------- child flows

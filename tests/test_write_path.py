@@ -145,6 +145,26 @@ def test_long_flow_code_after_a_step_gets_the_result_written_by_the_flusher(
     assert out == [[1, 2]]
 
 
+def test_the_flusher_leaves_a_flow_whose_commit_is_queued(engine: Engine, flow_module: Any) -> None:
+    """An async flow's commit waiting in a writer thread takes the carried rows with it; the
+    flusher must not write them meanwhile (a second commit, and fsync, for nothing)."""
+    from transparent_de._trampoline import ACTIVE
+
+    m = flow_module(SOURCE)
+    thread, out = _held(m, engine, "queued")
+    try:
+        (run,) = [r for r in ACTIVE.values() if r.flow_id == "queued"]
+        run.writer.queued += 1  # as AsyncRun.commit_durably does while its commit waits
+        time.sleep(_writes.FLUSH_AFTER * 40)
+        assert _status(engine, "queued", 1) == "PENDING"  # left alone
+        run.writer.queued -= 1
+        _until(lambda: _status(engine, "queued", 1) == "COMPLETE", timeout=5)  # then flushed
+    finally:
+        m.GATE.set()
+        thread.join(10)
+    assert out == [[1, 2]]
+
+
 def test_a_signal_sent_from_flow_code_writes_the_carried_result_first(
     engine: Engine, flow_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

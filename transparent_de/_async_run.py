@@ -109,7 +109,6 @@ class AsyncRun(Run):
         self.idents: dict[int, str] = {}  # step -> slot ident, for the rows this run writes
         self.unawaited: dict[int, tuple[str, Coroutine[Any, Any, Any]]] = {}
         self.carry = self._carry
-        self.off_loop = self.writer.full or self.store.remote  # see write()
         self.races: dict[int, str] = {}  # step -> the asyncio call a race decision stands for
         self.decisions = Decisions(
             _async_waits.recorded_races(self),
@@ -168,15 +167,33 @@ class AsyncRun(Run):
     def commit(self, label: str, *ops: Op) -> None:
         super().commit(label, *(self._tag(op) for op in ops))
 
-    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a journal write ``fn(*args)`` off the event loop where it waits on I/O (an fsync
-        under ``durability="full"``, a server round trip): other flows on the loop run meanwhile.
-        Where a commit costs tens of µs of CPU (a SQLite file, ``"process"``), it runs here:
-        handing it to a thread would cost more than it blocks."""
-        if not self.off_loop:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.engine.async_writer(), fn, *args)
+    async def commit_durably(self, label: str, *ops: Op) -> None:
+        """One fenced commit of this flow, power-loss durable under ``durability="full"``, with
+        the waiting done off the event loop, so other flows on the loop run meanwhile:
 
+        * on a server (PostgreSQL) the commit itself is a round trip: it runs in one of the
+          engine's writer threads. The flusher leaves the flow's carried rows alone while it is
+          queued there (they ride in this commit);
+        * on a SQLite file the commit runs here (tens of µs, no I/O wait) and, under ``"full"``,
+          the fsync in the engine's sync thread: one fsync covers every commit made before it
+          started, so flows committing while it runs share the next one (group commit).
+        """
+        if self.store.remote:
+            self.writer.queued += 1
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.engine.async_writer(), self._commit_synced, label, ops
+                )
+            finally:
+                self.writer.queued -= 1
+            return
+        self.commit(label, *ops)
+        if self.writer.full:
+            await asyncio.get_running_loop().run_in_executor(self.engine.async_writer(), self.sync)
+
+    def _commit_synced(self, label: str, ops: tuple[Op, ...]) -> None:
+        self.commit(label, *ops)
+        self.sync()
 
     def _carry(self, op: Op) -> None:
         self.writer.carry(self._tag(op))
@@ -255,7 +272,7 @@ class AsyncRun(Run):
             tries += 1
             _faults.point("step.intent.before_write")
             intent = self._intent(step, row, tries, cls_name, name, "step", params, fp, site)
-            await self.write(self._write_intent, intent)
+            await self.commit_durably("step.intent.mid_txn", intent)  # with the previous result
             _faults.point("step.intent.after_commit")
             token = _IN_STEP.set(True)
             try:
@@ -434,7 +451,9 @@ async def _drive(
                     coro.close()
             if run.poisoned is not None:
                 raise EngineUnwind(run.poisoned)
-            await run.write(runner._complete, run, result)
+            done = runner.completion(run, result)
+            await run.commit_durably("flow.complete.mid_txn", done)
+            _faults.point("flow.complete.after_commit")
             return result
         except Park as park:  # a long wait of a background flow (_async_waits.parkable)
             runner._park(run, park)

@@ -103,7 +103,7 @@ async def _timer(run: AsyncRun, step: int, ms: int, fp: str, row: StepRow | None
         deadline = row.timestamp + (row.delay or 0)
     else:
         ts = _clock.now_ms()
-        await run.write(_sleep_intent, run, Intent(step, ts, "asyncio", "sleep", "sleep", None, fp, None, ms))
+        await run.commit_durably("sleep.start.mid_txn", Intent(step, ts, "asyncio", "sleep", "sleep", None, fp, None, ms))
         _faults.point("sleep.after_deadline_written")
         deadline = ts + ms
     left = _time_left(run, deadline, ms)
@@ -113,11 +113,6 @@ async def _timer(run: AsyncRun, step: int, ms: int, fp: str, row: StepRow | None
     _faults.point("sleep.wake.before_commit")
     run.carry(Complete(step, None, _clock.now_ms()))
     return result
-
-
-def _sleep_intent(run: AsyncRun, intent: Intent) -> None:
-    run.commit("sleep.start.mid_txn", intent)
-    run.sync()
 
 
 # --------------------------------------------------------------------------- signals

@@ -230,9 +230,10 @@ class Engine:
         return f"{HOST}:{os.getpid()}:{self._token}"
 
     def async_writer(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The threads async flows commit in, off their event loops (see AsyncRun.write): one for
-        a SQLite file (it has one writer at a time), a few for a server that commits in parallel.
-        Made again in a forked child, where the parent's threads do not exist."""
+        """The threads async flows wait for the journal in, off their event loops (see
+        AsyncRun.commit_durably): one for a SQLite file (its fsyncs, each covering every commit
+        made before it), a few for a server (its commits, which it runs in parallel). Made again
+        in a forked child, where the parent's threads do not exist."""
         pool = self._async_writer
         if pool is None or pool[0] != os.getpid():
             with self._lock:

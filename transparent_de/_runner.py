@@ -348,11 +348,15 @@ class Runner:
             raise LeaseLostError(flow_id=run.flow_id, flow_class=run.spec.class_name) from None
 
     def _complete(self, run: Run, result: Any) -> None:
-        _faults.point("flow.complete.before")
-        blob = run._encode(result, 0, run.spec.class_name, "the flow's result", b"r")
-        run.commit("flow.complete.mid_txn", FlowComplete(blob, _clock.now_ms()))
+        run.commit("flow.complete.mid_txn", self.completion(run, result))
         run.sync()
         _faults.point("flow.complete.after_commit")
+
+    def completion(self, run: Run, result: Any) -> FlowComplete:
+        """The row that ends a flow with ``result`` (written by the sync or the async driver)."""
+        _faults.point("flow.complete.before")
+        blob = run._encode(result, 0, run.spec.class_name, "the flow's result", b"r")
+        return FlowComplete(blob, _clock.now_ms())
 
     def _park(self, run: Run, park: Park) -> None:
         run.commit("flow.park.mid_txn", Parked(park.wake_at, park.waiting_for, _clock.now_ms()))

@@ -93,7 +93,7 @@ class FlowWriter:
     Errors reach the caller as the store raises them (the run adds the flow's context).
     """
 
-    __slots__ = ("_flusher", "_lock", "_since", "fence", "full", "open", "pending", "store")
+    __slots__ = ("_flusher", "_lock", "_since", "fence", "full", "open", "pending", "queued", "store")
 
     def __init__(self, store: Store, fence: Fence, flusher: Flusher, full: bool) -> None:
         self.store, self.fence, self._flusher, self.full = store, fence, flusher, full
@@ -101,6 +101,9 @@ class FlowWriter:
         self._lock = threading.Lock()
         self._since = 0.0  # monotonic time the oldest carried row was carried
         self.open = True  # False once the run ended: nothing more is written
+        #: Commits of this flow waiting in a writer thread (async flows): they take the carried
+        #: rows, so the flusher leaves them alone meanwhile.
+        self.queued = 0
 
     def commit(self, label: str, ops: tuple[Op, ...]) -> None:
         """One fenced transaction: the carried rows, then ``ops``. ``label`` names the crash
@@ -159,8 +162,8 @@ class FlowWriter:
 
     def flush_due(self, now: float) -> float | None:
         """When the carried rows are due to be written; None if there are none (the writer is
-        then forgotten) or the flow is writing right now."""
-        if not self._lock.acquire(blocking=False):
+        then forgotten) or the flow is writing right now (or has a commit queued)."""
+        if self.queued or not self._lock.acquire(blocking=False):
             return None
         try:
             if self.pending and self.open:
