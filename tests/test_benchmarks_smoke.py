@@ -67,7 +67,7 @@ def test_async_benchmark_quick_prints_every_row() -> None:
         "against our own 50 threads",
         "engine's default pool",
         "3. loop lateness, 1 ms ticker, idle loop",
-        "one write on the loop: ",
+        "writes on the loop: ",
         "4. ",
         "5. 200 async flows asleep",
         "left PENDING, unowned, resumable: 200",
