@@ -161,23 +161,22 @@ async def with_ticker(work: Awaitable[Any], late: list[float]) -> float:
 
 
 def sync_step_us(n: int, durability: str) -> float:
-    use_journal(durability)
-    StepFlow().run(2)  # warm: opens the journal
-    t0 = time.perf_counter()
-    StepFlow().run(n)
-    return (time.perf_counter() - t0) / n * 1e6
+    with contextlib.closing(use_journal(durability)):
+        StepFlow().run(2)  # warm: opens the journal
+        t0 = time.perf_counter()
+        StepFlow().run(n)
+        return (time.perf_counter() - t0) / n * 1e6
 
 
 def async_step_us(n: int, durability: str) -> float:
-    use_journal(durability)
-
     async def main() -> float:
         await AsyncStepFlow().run(2)
         t0 = time.perf_counter()
         await AsyncStepFlow().run(n)
         return (time.perf_counter() - t0) / n * 1e6
 
-    return asyncio.run(main())
+    with contextlib.closing(use_journal(durability)):
+        return asyncio.run(main())
 
 
 def w_step_cost(cfg: Cfg, out: Out) -> None:
@@ -738,7 +737,8 @@ def main() -> int:
         write(res, md)
         return 0
     finally:
-        shutil.rmtree(run.TMP, ignore_errors=True)
+        with contextlib.closing(transparent_de.configure()):  # stop the last journal's threads first
+            shutil.rmtree(run.TMP, ignore_errors=True)
 
 
 if __name__ == "__main__":
