@@ -46,3 +46,30 @@ def test_postgres_benchmark_smoke_prints_a_table() -> None:
     assert "fsync=on" in p.stdout
     for row in ("1. step, `full`", "1. step, `process`", "server transactions", "3. 2 worker", "4. recovery"):
         assert row in p.stdout, row
+
+
+def test_async_benchmark_quick_prints_every_row() -> None:
+    """benchmarks/async_flows.py --quick: each workload once, small (DBOS only if its venv is cached)."""
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "async_flows.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| workload |" in p.stdout
+    for row in (
+        "1. step cost, process",
+        "1. step cost, full",
+        "1. syscalls per step",
+        "2. 50 flows x 4 steps of 10 ms I/O, full: steps/s",
+        "against our own 50 threads",
+        "engine's default pool",
+        "3. loop lateness, 1 ms ticker, idle loop",
+        "writes on the loop: ",
+        "4. ",
+        "5. 200 async flows asleep",
+        "left PENDING, unowned, resumable: 200",
+    ):
+        assert row in p.stdout, row
