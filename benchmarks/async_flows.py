@@ -10,7 +10,9 @@
    run, and how long one journal write (commit, fsync) blocks the loop;
 4. DBOS async workflows and steps on SQLite, same machine, same run (its own venv);
 5. 10,000 async flows sleeping in ``await asyncio.sleep(3600)`` in one process: RSS per
-   flow and time to start them, against the same coroutines in plain asyncio.
+   flow and time to start them, awaited in place (a foreground flow) and parked (started with
+   ``start_async``: the task ends, the scheduler keeps a wake-up), against the same coroutines
+   in plain asyncio.
 
 Prints one markdown table and writes ``benchmarks/results/async.md`` and ``async.json``
 (``async-quick.*`` with ``--quick``, a smoke run of a few seconds). Figures are medians of the
@@ -498,8 +500,34 @@ def sleeping_journal(path: str) -> Callable[[], int]:
     return lambda: int(con.execute(q).fetchone()[0])
 
 
+def parked_journal(path: str) -> Callable[[], int]:
+    """How many flows of the journal at ``path`` are parked: unowned, with a wake-up time."""
+    con = sqlite3.connect(path)
+    q = "SELECT count(*) FROM flows WHERE status = 'PENDING' AND owner IS NULL AND wake_at IS NOT NULL"
+    return lambda: int(con.execute(q).fetchone()[0])
+
+
+async def park_started(n: int, path: str) -> dict[str, Any]:
+    """Start n flows with ``start_async``: each runs its step, writes its timer and parks (its
+    task ends; the scheduler holds a wake-up). RSS and time until all n are parked."""
+    await transparent_de.start_async(AsyncParkFlow().run, -1, 0.001)  # warm, as park_many
+    await asyncio.sleep(0.1)
+    gc.collect()
+    r0, t0 = rss(), time.perf_counter()
+    handles = [await transparent_de.start_async(AsyncParkFlow().run, i, 3600) for i in range(n)]
+    parked = parked_journal(path)
+    await until(lambda: parked() >= n)
+    started = time.perf_counter() - t0
+    gc.collect()
+    alive = sum(1 for h in handles if h.task is not None and not h.task.done())
+    return {"start_s": started, "rss_per_flow_kib": (rss() - r0) / n / 1024, "rss_delta_mib": (rss() - r0) / 2**20,
+            "tasks_alive": alive, "parked": parked()}
+
+
 async def park_many(kind: str, n: int, path: str) -> dict[str, Any]:
     """Start n flows that reach ``await asyncio.sleep(3600)``; RSS, time; then cancel them all."""
+    if kind == "parked":
+        return await park_started(n, path)
     cls = AsyncParkFlow if kind == "ours" else PlainAsyncParkFlow
     await cls().run(-1, 0.001)  # warm: the journal is open, the code paths imported
     gc.collect()
@@ -522,7 +550,7 @@ def park_child(kind: str, n: int) -> None:
     eng = transparent_de.configure(database=path, durability="process", hmac_key=None)
     try:
         res = asyncio.run(park_many(kind, n, path))
-        if kind == "ours":
+        if kind == "ours":  # (parked flows are PENDING and unowned by design)
             res["left_pending_unowned"] = sqlite3.connect(path).execute(
                 "SELECT count(*) FROM flows WHERE status = 'PENDING' AND owner IS NULL").fetchone()[0]
     finally:
@@ -541,7 +569,7 @@ def park_run(kind: str, n: int) -> dict[str, Any]:
 
 def w_park(cfg: Cfg, out: Out) -> None:
     r: dict[str, Any] = {"n": cfg["park_n"]}
-    for kind in ("ours", "plain"):
+    for kind in ("ours", "parked", "plain"):
         r[kind] = summarize([park_run(kind, cfg["park_n"]) for _ in range(cfg["park_reps"])])
     out["park"] = r
 
@@ -660,7 +688,7 @@ def ratio(a: dict[str, float], b: dict[str, float]) -> str:
 
 def rows_park(res: Out) -> list[Row]:
     pk = res["park"]
-    o, p = pk["ours"], pk["plain"]
+    o, p, q = pk["ours"], pk["plain"], pk["parked"]
     return [
         (f"5. {pk['n']:,} async flows asleep in asyncio.sleep(3600), process: RSS per flow",
          run.fmt(o["rss_per_flow_kib"], "KiB") + f" ({o['rss_delta_mib']['median']:.0f} MiB in all)",
@@ -670,6 +698,13 @@ def rows_park(res: Out) -> list[Row]:
          "plain asyncio: " + run.fmt(p["start_s"], "s"),
          f"timer rows {o['timer_rows']['median']:,.0f}; cancelling all: {o['cancel_s']['median']:.2f} s, "
          f"left PENDING, unowned, resumable: {o['left_pending_unowned']['median']:,.0f}"),
+        (f"5. {pk['n']:,} flows started with start_async, parked on the timer: RSS per flow",
+         run.fmt(q["rss_per_flow_kib"], "KiB") + f" ({q['rss_delta_mib']['median']:.0f} MiB in all)",
+         "same coroutines in plain asyncio: " + run.fmt(p["rss_per_flow_kib"], "KiB"),
+         ratio(q["rss_per_flow_kib"], p["rss_per_flow_kib"])),
+        (f"5. ... time until all {pk['n']:,} are parked", run.fmt(q["start_s"], "s"),
+         "plain asyncio (start only): " + run.fmt(p["start_s"], "s"),
+         f"parked {q['parked']['median']:,.0f}; their tasks still alive: {q['tasks_alive']['median']:,.0f}"),
     ]
 
 

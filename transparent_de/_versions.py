@@ -24,6 +24,7 @@ as the compiler emitted them.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from types import CodeType
@@ -356,13 +357,10 @@ def unwinding_runs_code(frame: Any, exc_type: type[BaseException]) -> bool:
     ``try: ... except ValueError:``); any other handler, or a clause this cannot resolve,
     counts as running code: the conservative answer.
     """
-    import dis
-
     code, offset = frame.f_code, frame.f_lasti
-    instrs = list(dis.get_instructions(code))
-    at = {i.offset: n for n, i in enumerate(instrs)}
+    instrs, at, entries = _code_facts(code)
     for _ in range(32):  # each round: the handler around offset, then where it re-raises
-        target = _handler_target(code, instrs, offset)
+        target = _handler_target(entries, instrs, offset)
         if target is None:
             return False
         reraise = _typed_clauses_reraise(frame, instrs, at, target, exc_type)
@@ -372,12 +370,21 @@ def unwinding_runs_code(frame: Any, exc_type: type[BaseException]) -> bool:
     return True
 
 
-def _handler_target(code: CodeType, instrs: list[Any], offset: int) -> int | None:
+@functools.lru_cache(maxsize=512)
+def _code_facts(code: CodeType) -> tuple[list[Any], dict[int, int], tuple[Any, ...]]:
+    """A code object's instructions, their index by offset, and its exception table (3.11+):
+    disassembled once per code object (a parking flow asks at every long wait)."""
+    import dis
+
+    instrs = list(dis.get_instructions(code))
+    entries = tuple(getattr(dis.Bytecode(code), "exception_entries", ()))
+    return instrs, {i.offset: n for n, i in enumerate(instrs)}, entries
+
+
+def _handler_target(entries: tuple[Any, ...], instrs: list[Any], offset: int) -> int | None:
     """The offset of the innermost handler protecting ``offset`` (None: not protected)."""
     if PY >= (3, 11):
-        import dis
-
-        for entry in getattr(dis.Bytecode(code), "exception_entries", ()):
+        for entry in entries:
             if entry.start <= offset < entry.end:
                 return int(entry.target)
         return None

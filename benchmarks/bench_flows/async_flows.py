@@ -54,7 +54,7 @@ class SyncIOFlow:
 
 
 class AsyncParkFlow:
-    """One step, then a long durable timer (async flows are not parked yet: it is awaited in place)."""
+    """One step, then a long durable timer (awaited in place in the foreground; parked in the background)."""
 
     __flow__ = "run"
 
