@@ -639,7 +639,11 @@ def writes_txt(w: dict[str, dict[str, dict[str, float]]], fsync: bool = True) ->
     if not w["commit"]["n"]["median"]:
         return "no commit on the loop (they run on another thread)"
     commits = f"{w['commit']['n']['median']:,.0f} commits, p50 {ms(w['commit']['p50_ms'])}, max {ms(w['commit']['max_ms'])}"
-    return commits + (f"; fsync p50 {ms(w['sync']['p50_ms'])}, max {ms(w['sync']['max_ms'])}" if fsync else "")
+    if not fsync:
+        return commits
+    if not w["sync"].get("n", {}).get("median", 1):
+        return commits + "; no fsync on the loop (the engine's sync thread makes them)"
+    return commits + f"; fsync p50 {ms(w['sync']['p50_ms'])}, max {ms(w['sync']['max_ms'])}"
 
 
 def rows_stalls(res: Out) -> list[Row]:
