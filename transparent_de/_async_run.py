@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import sys
 import threading
 import warnings
 import zlib
@@ -58,7 +59,16 @@ log = logging.getLogger("transparent_de")
 #: True while the running task executes a step body (plain code: nothing in it is journaled).
 _IN_STEP: ContextVar[bool] = ContextVar("transparent_de_in_step", default=False)
 _real_async_sleep = asyncio.sleep
-_STOP = (*_INTERRUPTIONS, asyncio.CancelledError)  # interrupt a step; never its outcome
+
+
+async def _body(call: Callable[[], Any]) -> Any:
+    """Await an async step's body: plain code (see :func:`step_body`)."""
+    token = _IN_STEP.set(True)
+    try:
+        with _lineage.suspended():
+            return await call()
+    finally:
+        _IN_STEP.reset(token)
 
 
 @contextlib.contextmanager
@@ -181,9 +191,16 @@ class AsyncRun(Run):
         if self.store.remote:
             self.writer.queued += 1
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self.engine.async_writer(), self._commit_synced, label, ops
-                )
+                pool = self.engine.async_writer()
+                done = asyncio.get_running_loop().run_in_executor(pool, self._commit_synced, label, ops)
+                try:
+                    await asyncio.shield(done)
+                except asyncio.CancelledError:
+                    # The commit goes on in its thread: let it land before the caller writes
+                    # anything else for the flow (a cancelled step's outcome comes after it).
+                    with contextlib.suppress(BaseException):
+                        await done
+                    raise
             finally:
                 self.writer.queued -= 1
             return
@@ -272,13 +289,15 @@ class AsyncRun(Run):
             tries += 1
             _faults.point("step.intent.before_write")
             intent = self._intent(step, row, tries, cls_name, name, "step", params, fp, site)
-            await self.commit_durably("step.intent.mid_txn", intent)  # with the previous result
-            _faults.point("step.intent.after_commit")
-            token = _IN_STEP.set(True)
             try:
-                with _lineage.suspended():
-                    result = await call()
-            except _STOP:
+                await self.commit_durably("step.intent.mid_txn", intent)  # with the previous result
+                _faults.point("step.intent.after_commit")
+                result = await _body(call)
+            except asyncio.CancelledError:  # while its intent was written, or in its body
+                if self._cancelled_by_flow():  # the flow's code cancelled it: its outcome
+                    self._record_failure(step, name, asyncio.CancelledError())
+                raise
+            except _INTERRUPTIONS:  # engine errors of the write too (EngineUnwind, LeaseLost)
                 raise
             except BaseException as exc:
                 delay = self._retry_delay(step, name, exc, tries)
@@ -286,10 +305,20 @@ class AsyncRun(Run):
                     raise
                 await _real_async_sleep(delay)
                 continue
-            finally:
-                _IN_STEP.reset(token)
             self._finish(step, name, result, fp, args, kwargs, subject)
             return result
+
+    def _cancelled_by_flow(self) -> bool:
+        """Was a step cancelled by the flow's own code (``task.cancel()``, a ``wait_for`` timeout,
+        a TaskGroup aborting), rather than the flow itself being cancelled (its caller, its loop
+        shutting down)? Only the first is the step's outcome, journaled so a replay cancels it
+        again without running its body; the second interrupts the run, which stays resumable.
+        Told apart by the flow's own task having a cancellation pending (``Task.cancelling()``,
+        3.11+). On 3.10 a cancellation is never journaled: the step runs again on replay."""
+        if sys.version_info < (3, 11) or not self.active:
+            return False
+        root = self.lineage.root.task()
+        return root is not None and not root.done() and root.cancelling() == 0
 
     # ------------------------------------------------------------------ captured calls, waits, races
 

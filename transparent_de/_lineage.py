@@ -242,6 +242,10 @@ class Node:
         if not self.orphan:
             self.lineage._tasks[task] = self
 
+    def task(self) -> asyncio.Task[Any] | None:
+        """The task this node belongs to (None before it is bound, or once it is gone)."""
+        return None if self._task is None else self._task()
+
     def _owned_by(self, task: asyncio.Task[Any]) -> bool:
         if self._task is None:  # an eager task's first step, before create_task returned
             self._task = weakref.ref(task)
