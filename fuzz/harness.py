@@ -7,11 +7,13 @@ to check it after the last child is gone.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import collections
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import itertools
 import os
 import pickle
@@ -100,6 +102,10 @@ class Oracle:
     sequence: list[tuple[str, str]]  # (method, status) of each step call of the successful run
     last_counts: collections.Counter[str]
     all_counts: collections.Counter[str]
+    # An async flow's steps run in an order that depends on timing (the journal's step numbers
+    # follow their calls, the effects file their completions): compared as multisets, and by
+    # slot against an uncrashed run (:func:`count_points`).
+    ordered: bool = True
 
 
 def oracle(source: str, workdir: str) -> Oracle:
@@ -113,15 +119,17 @@ def oracle(source: str, workdir: str) -> Oracle:
     signals: collections.deque[Any] = collections.deque()
     ns["SIGNAL"] = lambda flow_id, step, *args: signals.append(args)
     ns["wait_for"] = lambda step, timeout=None: step(*signals.popleft())
+    is_async = inspect.iscoroutinefunction(ns["Flow"].run)
     for _ in range(3):
         before = len(_effects(effects))
         try:
-            result = ns["Flow"]().run()
+            result = asyncio.run(ns["Flow"]().run()) if is_async else ns["Flow"]().run()
         except Exception:
             continue
         lines = _effects(effects)[before:]
         seq = [(ln.split("|")[0], "FAILED" if ln.startswith("boom|") else "COMPLETE") for ln in lines]
-        return Oracle(result, seq, collections.Counter(lines), collections.Counter(_effects(effects)))
+        counts = collections.Counter(lines)
+        return Oracle(result, seq, counts, collections.Counter(_effects(effects)), ordered=not is_async)
     raise RuntimeError("oracle flow never succeeded")
 
 
@@ -288,12 +296,35 @@ def prepare(source: str) -> tuple[Oracle, ModuleType]:
                 sys.modules.pop(old.__name__, None)
                 sys.modules.pop(pkg, None)
             _prepared.clear()
+            _shapes.clear()
         workdir = tempfile.mkdtemp(prefix="tdefuzz-prep-")
         try:
             _prepared[source] = (oracle(source, workdir), load_module(source, workdir))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     return _prepared[source]
+
+
+#: source -> the journal of its uncrashed run by slot (async flows; see :func:`slot_shape`)
+_shapes: dict[str, collections.Counter[tuple[Any, ...]]] = {}
+
+
+def slot_shape(db: str) -> collections.Counter[tuple[Any, ...]]:
+    """An async flow's journal by slot: ``(lineage, class, method, kind, status)`` of each row.
+
+    Slots are the identity of an async flow's calls (docs/async.md), so an uncrashed run and a
+    crashed, recovered one must have the same rows by slot whatever step numbers they got.
+    """
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "SELECT lineage, class_name, method_name, kind, status FROM execution_log "
+            "WHERE flow_id = ? AND step > 0",
+            (FLOW_ID,),
+        ).fetchall()
+    finally:
+        con.close()
+    return collections.Counter(tuple(r) for r in rows)
 
 
 def count_points(source: str, durability: str = "process", key: str | None = None) -> int:
@@ -306,6 +337,8 @@ def count_points(source: str, durability: str = "process", key: str | None = Non
         for _ in range(3):
             outcome = run_in_child(module, db, workdir, None, durability, key=key)
             if outcome.status == "ok":
+                if not prepare(source)[0].ordered:
+                    _shapes[source] = slot_shape(db)
                 return len(outcome.trace)
         raise PropertyFailure(f"fault-free run did not complete: {outcome.value}")
     finally:
@@ -337,7 +370,7 @@ def check(source: str, schedule: list[int], durability: str = "process", key: st
             STATS.divergences += 1
             raise PropertyFailure(f"flow did not complete after recovery: {final.value}")
         _check_result(final.value, orc)
-        _check_journal(db, orc, outcomes)
+        _check_journal(db, orc, outcomes, _shapes.get(source))
         _check_effects(effects, orc, crashes + sum(o.status == "error" for o in outcomes))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -351,7 +384,9 @@ def _check_result(value: Any, orc: Oracle) -> None:
         )
 
 
-def _check_journal(db: str, orc: Oracle, outcomes: list[Outcome]) -> None:
+def _check_journal(
+    db: str, orc: Oracle, outcomes: list[Outcome], shape: collections.Counter[tuple[Any, ...]] | None = None
+) -> None:
     con = sqlite3.connect(db)
     try:
         ok = con.execute("PRAGMA integrity_check").fetchone()[0]
@@ -373,11 +408,31 @@ def _check_journal(db: str, orc: Oracle, outcomes: list[Outcome]) -> None:
                 (FLOW_ID,),
             )
         ]
+        lineages = [
+            ln
+            for (ln,) in con.execute(
+                "SELECT lineage FROM execution_log WHERE flow_id = ? AND step > 0", (FLOW_ID,)
+            )
+        ]
     finally:
         con.close()
-    if seq != orc.sequence:
+    same = seq == orc.sequence if orc.ordered else sorted(seq) == sorted(orc.sequence)
+    if not same:
         STATS.divergences += 1
         raise PropertyFailure(f"journal steps diverge:\n  got      {seq}\n  expected {orc.sequence}")
+    if not orc.ordered:
+        if None in lineages or len(set(lineages)) != len(lineages):
+            STATS.divergences += 1
+            raise PropertyFailure(
+                f"async journal rows without a slot, or sharing one: {sorted(map(str, lineages))}"
+            )
+        got = slot_shape(db)
+        if shape is not None and got != shape:
+            STATS.divergences += 1
+            raise PropertyFailure(
+                f"journal by slot diverges from the uncrashed run:\n  got      {sorted(got)}\n"
+                f"  expected {sorted(shape)}"
+            )
     # Every run that claimed the flow while it was unfinished counts one attempt of step 0.
     expected, done = 0, False
     for o in outcomes:
