@@ -5,17 +5,13 @@ second child, and compared with the uncrashed run: the same outcome, the flow CO
 journal intact. Step bodies await a random 0-3 ms (drawn from ``os.urandom``, so every forked
 child draws its own), so parallel steps finish in another order in every run.
 
-Two things :func:`crash_sweep` assumes of sync flows do not hold for async ones, so the sweep
-here runs with three harness-side substitutions (:func:`async_sweep`), each checked by a
-strict xfail below that runs the stock sweep and must keep failing until ``testing`` is fixed:
+The stock sweep matches steps across runs by identity (an async flow's lineage slot) and lets
+each step in flight at a crash run once more (several may be in flight in an async flow); the
+harness here (:func:`async_sweep`) adds what only a test that owns the flow's effects can check:
 
-* ``deterministic_capture`` keys captured values by *step number*, which in an async flow is not
-  an identity (a slot reserved before a crash but not journaled gets a fresh number on
-  recovery). Here the key is the slot ident (``0.1:3``), which is.
-* ``_check_journal`` allows one re-executed step per crash; in an async flow several steps are
-  in flight at once. Here the bound is exact: the crashed journal is read before recovery
-  (``_first`` is wrapped), and a step may run again only if its row was PENDING there (intent
-  committed, result not), and then its ``attempts`` is 2; every other step has 1.
+* the crashed journal is read before recovery (``testing._recover`` is wrapped), and a step may
+  run again only if its row was PENDING there (intent committed, result not), and then its
+  ``attempts`` is 2; every other step has 1;
 * the effects of every run are counted (``pid|label`` lines appended to a file): after each
   recovery no step whose row was COMPLETE or FAILED at the crash ran again, and every step ran
   as often as in the uncrashed run, at most once more.
@@ -27,12 +23,10 @@ slot (lineage, class, method, kind, status), whatever step numbers they got.
 from __future__ import annotations
 
 import collections
-import functools
 import hashlib
 import os
 import pickle
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +37,6 @@ from helpers import is_postgres
 from transparent_de import _faults, testing
 from transparent_de._serialization import decode
 from transparent_de._store import exists, open_store
-from transparent_de._trampoline import current_run
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX only (fork)")
 
@@ -153,16 +146,6 @@ class Sweep:
 # --------------------------------------------------------------------------- the harness side
 
 
-_STOCK_CAPTURE = testing.deterministic_capture
-
-
-def by_slot(what: str, step: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``deterministic_capture`` keyed by the call's slot ident instead of its step number."""
-    ident = getattr(current_run.get(), "idents", {}).get(step)
-    key = step if ident is None else zlib.crc32(ident.encode())
-    return _STOCK_CAPTURE(what, key, fn, args, kwargs)
-
-
 @dataclass(frozen=True)
 class Row:
     lineage: str | None
@@ -231,7 +214,7 @@ def async_sweep(
     ref_db = database if pg else str(workdir / "shape.db")
 
     def reference() -> list[Row]:
-        _faults.capture_override = by_slot
+        _faults.capture_override = testing.deterministic_capture
         from transparent_de._engine import Engine
 
         engine = Engine(ref_db, durability="process", poll_interval=0.01, hmac_key=None)
@@ -248,18 +231,18 @@ def async_sweep(
     assert ref_effects and all(n == 1 for n in ref_effects.values()), ref_effects  # labels are unique
     effects.unlink()
 
-    real_first, real_check = testing._first, testing._check_journal
+    real_recover, real_check = testing._recover, testing._check_journal
 
-    def first(run_on: Any, db: str) -> Any:  # in the recovery child: the crashed journal, then recover
+    def recover(run_on: Any, db: str) -> Any:  # in the recovery child: the crashed journal, then recover
         with open(snap_path(db), "wb") as f:
             pickle.dump((os.getpid(), journal_rows(db)), f)
-        return real_first(run_on, db)
+        return real_recover(run_on, db)
 
     out = Sweep(testing.SweepReport())
     seen = [0]  # effect lines already looked at
 
-    def check_journal(db: str, completed: bool) -> list[str]:
-        found = [f for f in real_check(db, completed) if "step re-executions" not in f]
+    def check_journal(db: str, completed: bool, at_crash_rows: Any, reference: Any) -> list[str]:
+        found = real_check(db, completed, at_crash_rows, reference)
         k = int(db.rsplit("crash_", 1)[1].split(".")[0])
         with open(snap_path(db), "rb") as f:
             recovery_pid, crashed = pickle.load(f)
@@ -291,8 +274,7 @@ def async_sweep(
             out.reruns += bool(again)
         return found
 
-    monkeypatch.setattr(testing, "deterministic_capture", by_slot)
-    monkeypatch.setattr(testing, "_first", first)
+    monkeypatch.setattr(testing, "_recover", recover)
     monkeypatch.setattr(testing, "_check_journal", check_journal)
     out.report = testing.crash_sweep(
         entry, *args, workdir=str(workdir / "sweep"), database=database if pg else None
@@ -368,34 +350,16 @@ def test_the_async_sweep_catches_a_broken_engine(
     assert swept.failures, swept.report.summary()
 
 
-# --------------------------------------------------------------------------- what testing.py lacks
+# --------------------------------------------------------------------------- the stock sweep on async flows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="testing._check_journal allows one re-executed step per crash (a sync flow's bound); an async "
-    "flow has several steps in flight at once, and a crash re-runs each of them",
-)
 def test_stock_sweep_of_parallel_steps(flows: Any, tmp_path: Path) -> None:
+    """Several steps in flight at a crash: each may run again, matched by slot (no more)."""
     flows.EFFECTS[0] = str(tmp_path / "effects")
     testing.assert_recovers(flows.Sweep().gathered, 3, workdir=str(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="testing.deterministic_capture keys captured values by step number, which is not an async "
-    "flow's identity: a slot reserved but not journaled before a crash gets a fresh number on recovery, "
-    "and a later time.time() another value than uncrashed",
-)
-def test_stock_sweep_of_captured_time_after_reordered_intents(
-    flows: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stock_sweep_of_captured_time_after_reordered_intents(flows: Any, tmp_path: Path) -> None:
+    """Captured values are a function of the call's slot, not of its timing-dependent step number."""
     flows.EFFECTS[0] = str(tmp_path / "effects")
-    real = testing._check_journal
-    # only the re-execution bound set aside (the xfail above), so that what fails is the capture
-    monkeypatch.setattr(
-        testing,
-        "_check_journal",
-        functools.wraps(real)(lambda db, c: [f for f in real(db, c) if "step re-executions" not in f]),
-    )
     testing.assert_recovers(flows.Sweep().reordered, workdir=str(tmp_path))
