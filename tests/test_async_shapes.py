@@ -166,3 +166,49 @@ def test_asyncio_timeout_around_a_step(shapes: Any, engine: Any, tmp_path: Path)
     result, _, _ = differential(shapes, tmp_path, engine.database, "deadline", fid="tmo")
     assert result == ["timed out", {"label": "then", "x": 2}]
 
+
+
+RETRYING = """
+import asyncio
+
+ATTEMPTS = []
+
+
+class Retrying:
+    __flow__ = {"entries": "run", "retries": 2, "backoff": 0.001, "retry_on": (ConnectionError,)}
+
+    async def run(self):
+        return await asyncio.gather(self.slow("a"), self.flaky("f"), self.slow("b"))
+
+    async def slow(self, label):
+        await asyncio.sleep(0.01)
+        return label
+
+    async def flaky(self, label):
+        ATTEMPTS.append(label)
+        await asyncio.sleep(0.001)
+        if len(ATTEMPTS) < 2:
+            raise ConnectionError("try again")
+        return label
+"""
+
+
+def test_dbos_740_a_retried_step_keeps_its_slot_and_shifts_no_other(flow_module: Any, engine: Any) -> None:
+    from helpers import query
+
+    import transparent_de
+
+    m = flow_module(RETRYING, name="retrying")
+    assert transparent_de.run(m.Retrying().run, flow_id="r740") == ["a", "f", "b"]
+    sql = "SELECT step, method_name, lineage, status, attempts FROM execution_log WHERE flow_id='r740' AND step>0"
+    journal = sorted(query(engine, sql), key=lambda r: r[2])
+    assert [(r[1], r[2], r[3], r[4]) for r in journal] == [
+        ("slow", "0:1", "COMPLETE", 1), ("flaky", "0:2", "COMPLETE", 2), ("slow", "0:3", "COMPLETE", 1),
+    ]  # fmt: skip
+    assert sorted(r[0] for r in journal) == [1, 2, 3]  # the retry took no number of its own
+    query(engine, "UPDATE flows SET status='PENDING', owner=NULL, lease_until=NULL WHERE flow_id='r740'")
+    query(engine, "UPDATE execution_log SET status='PENDING', return_value=NULL WHERE flow_id='r740' AND step=0")
+    m.ATTEMPTS.clear()
+    assert transparent_de.run(m.Retrying().run, flow_id="r740") == ["a", "f", "b"]
+    assert m.ATTEMPTS == []  # replayed, attempts and all
+    assert sorted(query(engine, sql), key=lambda r: r[2]) == journal

@@ -48,6 +48,8 @@ import os
 import random
 import time
 
+from transparent_de import wait_for
+
 EFFECTS = [None]  # the effects file, set by the test (forked children inherit it)
 
 
@@ -65,7 +67,30 @@ async def jitter():
 
 
 class Sweep:
-    __flow__ = ("gathered", "interleaved", "group", "tasks", "timers", "reordered")
+    __flow__ = ("gathered", "interleaved", "group", "tasks", "timers", "reordered", "raced", "approved")
+
+    async def raced(self):  # FIRST_COMPLETED and as_completed, won by timing (the same task each run)
+        fast = asyncio.create_task(self.timed("fast", 0))
+        slow = asyncio.create_task(self.timed("slow", 0.03))
+        done, _ = await asyncio.wait([fast, slow], return_when=asyncio.FIRST_COMPLETED)
+        first = sorted(t.result() for t in done)
+        racers = [asyncio.create_task(self.timed(f"o{i}", 0.03 * (2 - i))) for i in range(3)]
+        order = [await c for c in asyncio.as_completed(racers)]
+        return first, await slow, order
+
+    async def approved(self):  # a durable signal wait in async flow code
+        prepared = await self.step("prepare", 1)
+        answer = await wait_for(self.approve, timeout=30)
+        return prepared, answer, await self.step("after", answer)
+
+    async def timed(self, label, seconds):
+        await asyncio.sleep(seconds)  # in the body: a plain sleep
+        effect(label)
+        return label
+
+    async def approve(self, answer):
+        effect("approve")
+        return answer
 
     async def gathered(self, n):  # gather of distinct steps, one failing (return_exceptions)
         first = await self.step("first", n)
@@ -363,3 +388,17 @@ def test_stock_sweep_of_captured_time_after_reordered_intents(flows: Any, tmp_pa
     """Captured values are a function of the call's slot, not of its timing-dependent step number."""
     flows.EFFECTS[0] = str(tmp_path / "effects")
     testing.assert_recovers(flows.Sweep().reordered, workdir=str(tmp_path))
+
+
+def test_stock_sweep_of_recorded_races(flows: Any, tmp_path: Path) -> None:
+    """asyncio.wait(FIRST_COMPLETED) and as_completed, crashed at every point: each recovery
+    returns the uncrashed outcome (a decision is durable before anything that depends on it)."""
+    flows.EFFECTS[0] = str(tmp_path / "effects")
+    report = testing.assert_recovers(flows.Sweep().raced, workdir=str(tmp_path))
+    assert report.crash_points >= 15
+
+
+def test_stock_sweep_of_a_signal_wait(flows: Any, tmp_path: Path) -> None:
+    flows.EFFECTS[0] = str(tmp_path / "effects")
+    report = testing.assert_recovers(flows.Sweep().approved, workdir=str(tmp_path), signals=[("approve", "yes")])
+    assert "signal.wait.after_write" in report.labels and "signal.deliver.mid_txn" in report.labels
