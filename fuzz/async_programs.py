@@ -12,14 +12,15 @@ A program stays deterministic however its steps interleave: only the flow's own 
 the result list ``r``; tasks and gathered helpers return their values. No two steps that can
 run at once share an effect line (method, sid and arguments): the harness allows each line one
 extra execution per interrupted run, which is right when a crash interrupts at most one step
-per line (with two such steps in flight, one crash re-runs both). Nothing observes which of
-several things finished first (no ``asyncio.wait(FIRST_COMPLETED)``, no ``as_completed``): the
-engine does not record those decisions yet (docs/async.md).
+per line (with two such steps in flight, one crash re-runs both). Races
+(``asyncio.wait(FIRST_COMPLETED)``, ``as_completed``) are observed by a sync step whose
+arguments are the winners, in the order they won: a recovery that decided a race otherwise
+than the journal recorded is refused by the fingerprint check; the program's result keeps only
+what does not depend on timing (the sorted values), so the plain run stays its oracle.
 
 Statement kinds are a table (:data:`KINDS`): a kind is a function drawing the lines of one
-statement, registered with the depths it may appear at. Adding ``asyncio.wait(...,
-FIRST_COMPLETED)`` or a signal once the engine records them is adding one entry (and, for a
-signal, the oracle's queue, as :mod:`fuzz.programs` has for sync flows).
+statement, registered with the depths it may appear at. A signal is the next entry (with the
+oracle's queue, as :mod:`fuzz.programs` has for sync flows).
 """
 
 from __future__ import annotations
@@ -245,6 +246,27 @@ def k_group(draw: Draw, c: Ctx) -> list[str]:  # TaskGroup on 3.11+, the same va
     ]
 
 
+def k_race(draw: Draw, c: Ctx) -> list[str]:  # asyncio.wait(FIRST_COMPLETED): the winner is timing
+    step, n, m = draw(st.sampled_from(STEPS)), c.next(), c.next()
+    return [
+        f"t{n} = [asyncio.create_task(self.{step}({n}, j)) for j in range(2)]",
+        f"d{n}, p{n} = await asyncio.wait(t{n}, return_when=asyncio.FIRST_COMPLETED)",
+        # a step whose arguments follow the winner: a replay that decided otherwise is refused
+        f"self.cap({m}, sorted(repr(x.result()) for x in d{n}))",
+        f"r.append(sorted([repr(x.result()) for x in d{n}] + [repr(await x) for x in p{n}]))",
+    ]
+
+
+def k_completed(draw: Draw, c: Ctx) -> list[str]:  # as_completed: the order is timing
+    step, n, m = draw(st.sampled_from(STEPS)), c.next(), c.next()
+    return [
+        f"o{n} = [await x for x in asyncio.as_completed("
+        f"[asyncio.create_task(self.{step}({n}, j)) for j in range(3)])]",
+        f"self.cap({m}, [repr(x) for x in o{n}])",  # arguments in the order they finished
+        f"r.append(sorted(repr(x) for x in o{n}))",
+    ]
+
+
 def k_loop(draw: Draw, c: Ctx) -> list[str]:
     step, k, n = draw(st.sampled_from(STEPS)), draw(st.integers(0, 3)), c.next()
     body = draw(c.nested(c.depth + 1))
@@ -272,6 +294,8 @@ KINDS: dict[str, tuple[Callable[[Draw, Ctx], list[str]], int]] = {
     "interleaved": (k_interleaved, 1),
     "nested": (k_nested, 1),
     "group": (k_group, 1),
+    "race": (k_race, 1),
+    "completed": (k_completed, 1),
     "task": (k_task, 0),
     "loop": (k_loop, 0),
     "if": (k_if, 0),

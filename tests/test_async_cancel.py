@@ -67,7 +67,7 @@ def test_a_step_cancelled_in_flight_is_not_run_again_by_a_replay(flow_module: An
     )
     assert transparent_de.run(m.Cancelling().run, flow_id="c1") == ("cancelled", 2)
     rows = query(engine, "SELECT lineage, status, attempts FROM execution_log WHERE flow_id='c1' AND step>0")
-    assert m.STARTED == started, "the replay started the cancelled step's body again"
+    assert started == m.STARTED, "the replay started the cancelled step's body again"
     assert all(status != "PENDING" for _, status, _ in rows), rows
 
 
