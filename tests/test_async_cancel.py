@@ -91,3 +91,39 @@ def test_cancelling_the_flow_itself_leaves_its_steps_resumable(flow_module: Any,
     assert status == ("PENDING",)
     assert transparent_de.run(m.Cancelling().slow_flow, flow_id="c2") == 7  # resumed: run again
     assert m.STARTED == [7, 7]
+
+
+ESCAPING = """
+import asyncio
+
+RUNS = []
+
+
+class Escaping:
+    __flow__ = {"entries": "run", "failure": "final"}
+
+    async def run(self):
+        RUNS.append(1)
+        task = asyncio.create_task(self.slow())
+        await asyncio.sleep(0)
+        task.cancel()
+        return await task  # the flow's own cancellation, not caught: it ends the flow
+
+    async def slow(self):
+        await asyncio.sleep(0.05)
+        return "never"
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 has no Task.cancelling()")
+def test_a_cancellation_the_flow_lets_escape_ends_it_like_an_exception(flow_module: Any, engine: Any) -> None:
+    """Not an interruption to resume (every recovery would end the same way): the run's outcome."""
+    import asyncio
+
+    m = flow_module(ESCAPING, name="escaping")
+    with pytest.raises(asyncio.CancelledError):
+        transparent_de.run(m.Escaping().run, flow_id="esc")
+    assert {f.flow_id: f.status for f in engine.flows()} == {"esc": "FAILED"}
+    with pytest.raises(transparent_de.errors.FlowFailedError, match="CancelledError"):  # journaled
+        transparent_de.run(m.Escaping().run, flow_id="esc")
+    assert m.RUNS == [1]

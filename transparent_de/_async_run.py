@@ -492,7 +492,15 @@ async def _drive(
         except Exception as exc:
             runner._fail(run, exc)
             raise
-        except BaseException:  # cancellation, KeyboardInterrupt: resumable, free for recovery
+        except asyncio.CancelledError as exc:
+            if not run._cancelled_by_flow():  # the flow itself was cancelled: resumable
+                run.writer.release()
+                raise
+            # The flow's own code let a cancellation it made escape its entry: the run's
+            # outcome, as an exception's would be (else every recovery would end so again).
+            runner._fail(run, exc)
+            raise
+        except BaseException:  # KeyboardInterrupt, SystemExit: resumable, free for recovery
             run.writer.release()
             raise
     except EngineUnwind as unwind:

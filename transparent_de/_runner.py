@@ -102,7 +102,7 @@ class Claimed:
 class RetryLater(BaseException):
     """A background run failed; the flow is parked until its backoff ends (not a final outcome)."""
 
-    def __init__(self, error: Exception, failures: int, cap: int, delay: float) -> None:
+    def __init__(self, error: BaseException, failures: int, cap: int, delay: float) -> None:
         super().__init__(f"failed run {failures} of at most {cap}; next attempt in {delay:.1f} s")
         self.error, self.failures, self.cap, self.delay = error, failures, cap, delay
 
@@ -363,7 +363,7 @@ class Runner:
         run.sync()
         self.engine.scheduler.schedule(run.flow_id, park.wake_at or 0, park.waiting_for, park.after)
 
-    def _fail(self, run: Run, exc: Exception) -> None:
+    def _fail(self, run: Run, exc: BaseException) -> None:
         """An exception escaped the flow: record a failed run (the flow stays resumable, and
         recovery backs off), or end the flow FAILED: under ``failure="final"``, or once it has
         failed ``max_recovery_attempts`` runs in a row (the dead letter; ``retry`` re-arms it).
