@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from . import _clock, _faults, _lineage
 from ._entries import declaring_class
 from ._serialization import fingerprint
-from ._store.base import Captured, Complete, Intent, Retry, StepRow, Waiting
+from ._store.base import Captured, Complete, Intent, StepRow, Waiting
 from ._trampoline import CAPTURED, LAZY_CAPTURED
 from ._unwind import Park
-from ._waits import _take_signal, _time_left, frames_allow_park
+from ._waits import _take_signal, _time_left, begin_wait, frames_allow_park
 from .errors import TransparentDEError, WaitTimeoutError
 
 if TYPE_CHECKING:
@@ -144,15 +144,8 @@ async def _signal(
             # The signal was taken but the step did not finish: run it again with its arguments.
             args, kwargs = run._decode(row.parameters, step, b"p")
             return await run.deliver_signal(step, obj, name, cls_name, row, args, kwargs)
-        started = row.timestamp
-        run.commit("signal.wait.mid_txn", Retry(step, _clock.now_ms(), status=None))
-    else:
-        started = _clock.now_ms()
-        delay = None if timeout is None else int(timeout * 1000)
-        wait = Intent(step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL")
-        run.commit("signal.wait.mid_txn", wait)
-        run.sync()
-        _faults.point("signal.wait.after_write")
+    started = begin_wait(run, step, cls_name, name, row, timeout)
+    if row is None:
         row = StepRow(step, cls_name, name, "PENDING", 1, None, None, None, None, started, None, "signal")
     length = None if timeout is None else int(timeout * 1000)
     ends = None if length is None else _clock.mono() + _time_left(run, started + length, length)

@@ -141,15 +141,7 @@ def wait_signal(run: Run, obj: Any, name: str, timeout: float | None) -> Any:
                 lambda: getattr(obj, name)(*args, **kwargs),
                 kind="signal",
             )
-        started = row.timestamp
-        run.commit("signal.wait.mid_txn", Retry(step, _clock.now_ms(), status=None))
-    else:
-        started = _clock.now_ms()
-        delay = None if timeout is None else int(timeout * 1000)
-        wait = Intent(step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL")
-        run.commit("signal.wait.mid_txn", wait)
-        run.sync()
-        _faults.point("signal.wait.after_write")
+    started = begin_wait(run, step, cls_name, name, row, timeout)
     length = None if timeout is None else int(timeout * 1000)
     ends = None if length is None else _clock.mono() + _time_left(run, started + length, length)
     shown_waiting = False
@@ -187,6 +179,21 @@ def wait_signal(run: Run, obj: Any, name: str, timeout: float | None) -> Any:
         run.engine._wait_for_signal_event(
             run.engine.poll_interval if left is None else min(run.engine.poll_interval, left)
         )
+
+
+def begin_wait(run: Run, step: int, cls_name: str, name: str, row: StepRow | None, timeout: float | None) -> int:
+    """Journal that the flow waits at ``step`` for a signal to ``name`` (again, for a known row);
+    the wait's start (wall ms), which its timeout counts from. Shared by sync and async waits."""
+    if row is not None:
+        run.commit("signal.wait.mid_txn", Retry(step, _clock.now_ms(), status=None))
+        return row.timestamp
+    started = _clock.now_ms()
+    delay = None if timeout is None else int(timeout * 1000)
+    wait = Intent(step, started, cls_name, name, "signal", None, None, None, delay, "WAITING_FOR_SIGNAL")
+    run.commit("signal.wait.mid_txn", wait)
+    run.sync()
+    _faults.point("signal.wait.after_write")
+    return started
 
 
 def _take_signal(run: Run, step: int, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
